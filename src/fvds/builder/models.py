@@ -191,3 +191,18 @@ def check_stage_weights(stage) -> None:
             "`fvds finetune --model MODEL --weights timm --data YOUR_DATA --out PATH`, then "
             f"give --stage {stage.name}=PATH (with the other stages) or set the path in "
             "the config.")
+
+
+def check_checkpoint(model_name: str, stage) -> None:
+    """Bad input, before any work, unless a checkpoint stage's file loads into the model."""
+    import timm
+
+    check_stage_weights(stage)
+    if not stage.is_checkpoint:
+        return
+    state = load_state_dict(stage.weights)
+    num_classes = stage.num_classes or _head_size(model_name, state)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    with torch.device("meta"):  # shapes only
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+    check_state_dict(model, state, source=stage.weights)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from fvds.errors import FvdsError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages stay greppable: no hard wraps
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,0 +1,271 @@
+"""``fvds build``: plan -> render -> embed -> project -> assemble -> card.
+
+Every input is checked before anything is written. Rendering resumes from the work area.
+The dataset folder is assembled in ``OUT/.fvds/staging`` and moved into place at the end, so
+a failed assembly never leaves a half-written dataset where a good one was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from fvds.builder.assemble import Projection, assemble
+from fvds.builder.embed import Embedder
+from fvds.builder.models import (
+    check_checkpoint,
+    check_model_name,
+    load_stage,
+    pretrained_source,
+)
+from fvds.builder.plan import Job, Plan, make_plan
+from fvds.builder.project import project
+from fvds.builder.render import prepare_model, render_units, resolve_device
+from fvds.builder.workarea import WorkArea, atomic_write_bytes, check_out_dir, part_table
+from fvds.config import Config
+from fvds.schemas.manifest import MANIFEST, build_manifest, library_versions, manifest_bytes
+
+# What a build writes at the top of the dataset folder; the rest of OUT is left alone.
+DATASET_ENTRIES = ("README.md", "data", "figures", MANIFEST)
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    rows: dict[str, int] = field(default_factory=dict)
+    rendered_jobs: int = 0
+    skipped_jobs: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Phases:
+    def __init__(self, report: BuildReport, log: Callable[[str], None]):
+        self.report, self.log = report, log
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.report.timings[name] = round(time.perf_counter() - t0, 3)
+        self.log(f"{name}: {self.report.timings[name]:.1f} s")
+
+
+def check_inputs(config: Config) -> Plan:
+    """Everything that can be wrong with the input, found before any work: model, layers,
+    stage weights, device."""
+    plan = make_plan(config)
+    for stage in config.stages:
+        check_checkpoint(config.model.name, stage)
+    if config.embedding.method == "encoder":
+        from fvds.config import StageConfig
+
+        check_model_name(config.embedding.encoder_model)
+        check_checkpoint(config.embedding.encoder_model,
+                         StageConfig(name="encoder", weights=config.embedding.encoder_weights))
+    resolve_device(config.render.device)
+    return plan
+
+
+def build(config: Config, out: Path, *, quiet: bool = False,
+          log: Callable[[str], None] = print) -> BuildReport:
+    """Build the dataset folder ``out`` from ``config``; resumes an interrupted build."""
+    out = check_out_dir(out)
+    plan = check_inputs(config)
+    work = WorkArea(out)
+    work.check_identity(config)
+    report = BuildReport(out)
+    phase = _Phases(report, log)
+    work.claim(config)
+
+    with phase("render"):
+        stages = render_missing(plan, work, report, quiet=quiet, log=log)
+    finish(plan, work, stages, report, phase, quiet=quiet)
+    log(f"Dataset ready: {out} ({sum(report.rows.values())} rows)")
+    return report
+
+
+def render_missing(plan: Plan, work: WorkArea, report: BuildReport, *, quiet: bool,
+                   log: Callable[[str], None]) -> dict[str, dict]:
+    """Render every job without a valid part; returns per-stage weight metadata."""
+    cfg = plan.config
+    device = resolve_device(cfg.render.device)
+    todo = [j for j in plan.jobs if not work.is_done(j)]
+    report.skipped_jobs = len(plan.jobs) - len(todo)
+    if report.skipped_jobs:
+        log(f"Resuming: {report.skipped_jobs} of {len(plan.jobs)} jobs already rendered.")
+    stages_meta: dict[str, dict] = {}
+    with _progress(quiet) as progress:
+        task = progress.add_task("render", total=plan.total_units,
+                                 completed=plan.total_units - sum(len(j.units) for j in todo))
+        for stage in cfg.stages:
+            loaded = load_stage(cfg.model.name, stage, seed=cfg.seed)
+            stages_meta[stage.name] = _stage_meta(cfg, stage, loaded.sha256)
+            jobs = [j for j in todo if j.stage == stage.name]
+            if not jobs:
+                continue
+            model = prepare_model(loaded.model, device)
+            for job in jobs:
+                progress.update(task, description=f"{stage.name} {job.layer.name}")
+                render_job(plan, work, job, model, device)
+                report.rendered_jobs += 1
+                progress.advance(task, len(job.units))
+            del model
+    return stages_meta
+
+
+def render_job(plan: Plan, work: WorkArea, job: Job, model, device) -> None:
+    """The pure worker: one job in, one part file out."""
+    cfg = plan.config
+    result = render_units(model, job.layer.name, list(job.units), cfg.render, cfg.seed, device)
+    work.write_part(job, part_table(job, cfg.model.name, result, cfg.render.steps))
+
+
+def _stage_meta(cfg: Config, stage, sha256: str) -> dict:
+    meta = {"weights": stage.weights, "sha256": sha256, "num_classes": stage.num_classes}
+    if stage.weights == "timm":
+        meta["source"] = pretrained_source(cfg.model.name)
+    elif stage.is_checkpoint:
+        meta["file"] = Path(stage.weights).name
+        from fvds.finetune import read_finetune_metadata
+
+        ft = read_finetune_metadata(stage.weights)
+        if ft:
+            meta["finetune"] = ft
+    return meta
+
+
+def finish(plan: Plan, work: WorkArea, stages: dict[str, dict], report: BuildReport, phase,
+           *, quiet: bool) -> None:
+    """Embed, project, assemble, card: everything after rendering, from the parts alone."""
+    cfg = plan.config
+    device = resolve_device(cfg.render.device)
+    staging = work.root / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    with phase("embed"):
+        embeddings = embed_all(plan, work, Embedder(cfg.embedding, device, seed=cfg.seed), quiet)
+    stage_of_row = np.array([j.stage for j in plan.jobs for _ in j.units])
+    with phase("umap"):
+        coords, used = project(embeddings, cfg.umap)
+        stage_coords = None
+        if cfg.umap.per_stage:
+            stage_coords = np.zeros_like(coords)
+            for s in cfg.stages:
+                m = stage_of_row == s.name
+                stage_coords[m], _ = project(embeddings[m], cfg.umap)
+    with phase("assemble"):
+        proj = Projection(embeddings, coords, stage_coords)
+        report.rows = assemble(plan, work, proj, staging)
+    with phase("card"):
+        figures = make_figures(plan, work, staging, stage_of_row, coords)
+        shard_bytes = {s.name: sum(p.stat().st_size for p in (staging / "data" / s.name).glob(
+            "*.parquet")) for s in cfg.stages}
+        versions = library_versions()
+        card = _render_card(plan, report.rows, shard_bytes, embeddings.shape[1], stages, used,
+                            versions, figures)
+        (staging / "README.md").write_text(str(card), encoding="utf-8")
+        manifest = build_manifest(
+            staging, fvds_version=versions.get("fvds"), config=cfg.to_dict(), versions=versions,
+            stages=stages, layers=[{"name": la.name, "index": la.index, "channels": la.channels}
+                                   for la in plan.layers],
+            rows=report.rows, embedding={"method": cfg.embedding.method,
+                                         "dim": int(embeddings.shape[1])},
+            projection=used)
+        atomic_write_bytes(staging / MANIFEST, manifest_bytes(manifest))
+        _swap_into_place(staging, work.out)
+
+
+def _render_card(plan, rows, shard_bytes, dim, stages, used, versions, figures):
+    from fvds.dataset_card.card import render_card
+
+    return render_card(plan, rows=rows, shard_bytes=shard_bytes, embedding_dim=dim,
+                       stages=stages, projection=used, versions=versions, figures=figures)
+
+
+def embed_all(plan: Plan, work: WorkArea, embedder: Embedder, quiet: bool) -> np.ndarray:
+    """Embeddings of every row in plan order, in a memmap under the work area so that memory
+    holds one part's images at a time."""
+    n = plan.total_units
+    path = work.root / "embeddings.f32"
+    mm = None
+    offset = 0
+    with _progress(quiet) as progress:
+        task = progress.add_task("embed", total=n)
+        for job in plan.jobs:
+            pngs = pq.read_table(work.part_path(job), columns=["image"]).column("image")
+            vecs = embedder(pngs.to_pylist())
+            if mm is None:
+                mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                               shape=(n, vecs.shape[1]))
+            mm[offset:offset + len(vecs)] = vecs
+            offset += len(vecs)
+            progress.advance(task, len(vecs))
+    mm.flush()
+    return mm
+
+
+def make_figures(plan: Plan, work: WorkArea, dest: Path, stage_of_row: np.ndarray,
+                 coords: np.ndarray) -> list[str]:
+    from fvds.dataset_card.figures import grid_figure, umap_figure
+
+    cfg = plan.config
+    (dest / "figures").mkdir(parents=True, exist_ok=True)
+    names = []
+    k = cfg.dataset.grid_layers
+    idx = np.unique(np.linspace(0, len(plan.layers) - 1, min(k, len(plan.layers))).round()
+                    .astype(int))
+    shown = [plan.layers[i].name for i in idx]
+    for stage in cfg.stages:
+        rows = []
+        for layer in shown:
+            job = next(j for j in plan.jobs_of(stage.name) if j.layer.name == layer)
+            t = pq.read_table(work.part_path(job), columns=["unit", "image"])
+            units = t.column("unit").to_pylist()[: cfg.dataset.grid_units]
+            rows.append((layer, list(zip(units, t.column("image").to_pylist()))))
+        name = f"figures/grid_{stage.name}.png"
+        grid_figure(dest / name, stage.name, rows)
+        names.append(name)
+    depth = np.array([j.layer.index for j in plan.jobs for _ in j.units])
+    umap_figure(dest / "figures/umap.png", [s.name for s in cfg.stages], stage_of_row, coords,
+                depth)
+    return ["figures/umap.png", *names]
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Replace the dataset entries of ``out`` with the staged ones; the manifest goes last, so
+    a folder with a current fvds.json is a complete one."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for name in DATASET_ENTRIES:
+        if name == MANIFEST:
+            continue
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        if (staging / name).exists():
+            (staging / name).rename(target)
+    (staging / MANIFEST).rename(out / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _progress(quiet: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from fvds.commands._common import console
+
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("units"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=console, disable=quiet, transient=False) as progress:
+        yield progress
+
