@@ -7,7 +7,9 @@ rendered at --size and fed to the model at --size (``fixed_image_size`` for luce
 The baseline is what a user of lucent writes: ``render_vis`` once per unit, on a freshly
 created timm model (model creation is not timed). fvds renders all units of a layer as one
 batch. Both final images are quantised to uint8 and scored by the same function (the
-objective without transforms), so the activation ratio compares like with like.
+objective without transforms), so the activation ratio compares like with like. Ratios are
+taken over the units whose lucent activation is above ALIVE; ``fvds_ge_lucent`` counts every
+unit.
 
     python benchmarks/bench_render.py                                  # CPU, 64 px, 32 steps
     python benchmarks/bench_render.py --device cuda --size 224         # on a GPU
@@ -32,6 +34,13 @@ from fvds.builder.render import activation_of, prepare_model, render_units, reso
 from fvds.config import load_config
 
 LAYERS = ("layer1.0.conv2", "layer3.0.conv2", "layer4.2.conv3")
+# A ratio of activations means something only where lucent's unit responds at all: a random
+# network has dead units (exactly 0) and units that stay near 0 or below in a short run.
+ALIVE = 1e-3
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 3) if xs else None
 
 
 def _sync(device: torch.device) -> None:
@@ -39,15 +48,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_lucent(model_name, layer, units, size, steps, device):
-    """Per-unit render_vis; returns (seconds, uint8 images)."""
+def bench_lucent(model_name, state, layer, units, size, steps, device):
+    """Per-unit render_vis on fresh models holding ``state``; returns (seconds, uint8 images)."""
     from lucent.optvis import objectives, param, render
 
     lucent_layer = layer.replace(".", "_")
     images, seconds = [], 0.0
     for u in units:
-        # a fresh model as a user would create it (lucent registers hooks it never removes)
-        model = timm.create_model(model_name, pretrained=False).to(device).eval()
+        # a fresh model as a user would create it (lucent registers hooks it never removes),
+        # with the weights fvds renders, so that both maximise the same units
+        model = timm.create_model(model_name, pretrained=False)
+        model.load_state_dict(state)
+        model = model.to(device).eval()
         torch.manual_seed(u)
         np.random.seed(u)
         _sync(device)
@@ -90,7 +102,9 @@ def main() -> None:
         "render.size": args.size, "render.model_input_size": args.size,
         "render.steps": args.steps, "render.objective": "neuron", "render.transforms": "lucent",
         "render.batch_size": args.units, "render.device": str(device)}).render
-    model = prepare_model(create_model(args.model, "random", seed=0), device)
+    weights = create_model(args.model, "random", seed=0)
+    state = {k: v.clone() for k, v in weights.state_dict().items()}
+    model = prepare_model(weights, device)
     scorer = model  # the same fp32 weights score both renderers' images
     n_lucent = args.lucent_units or args.units
 
@@ -98,9 +112,9 @@ def main() -> None:
     render_units(model, args.layers[0], [0], cfg.model_copy(update={"steps": 2}), seed=1,
                  device=device)
     if not args.skip_lucent:
-        bench_lucent(args.model, args.layers[0], [0], args.size, 2, device)
+        bench_lucent(args.model, state, args.layers[0], [0], args.size, 2, device)
 
-    rows, ratios = [], []
+    rows, ratios, all_pairs = [], [], []
     tot = {"fvds_s": 0.0, "fvds_n": 0, "lucent_s": 0.0, "lucent_n": 0}
     for layer in args.layers:
         units = list(range(args.units))
@@ -112,17 +126,21 @@ def main() -> None:
         tot["fvds_n"] += len(units)
         if not args.skip_lucent:
             lu = units[:n_lucent]
-            l_s, l_img = bench_lucent(args.model, layer, lu, args.size, args.steps, device)
+            l_s, l_img = bench_lucent(args.model, state, layer, lu, args.size, args.steps, device)
             l_act = activation_of(scorer, layer, lu, l_img, cfg)
-            layer_ratios = [float(a / b) for a, b in zip(f_act[: len(lu)], l_act)]
+            pairs = list(zip(f_act[: len(lu)].tolist(), l_act.tolist(), strict=True))
+            layer_ratios = [a / b for a, b in pairs if b > ALIVE]
             ratios += layer_ratios
+            all_pairs += pairs
             row.update({
                 "lucent_units": len(lu), "lucent_s": round(l_s, 3),
                 "lucent_units_per_s": round(len(lu) / l_s, 3),
                 "speed_ratio": round((len(units) / f_s) / (len(lu) / l_s), 2),
                 "fvds_act": [round(float(a), 4) for a in f_act[: len(lu)]],
                 "lucent_act": [round(float(a), 4) for a in l_act],
-                "median_act_ratio": round(statistics.median(layer_ratios), 3),
+                "median_act_ratio": _median(layer_ratios),
+                "fvds_mean_act": round(float(np.mean(f_act[: len(lu)])), 4),
+                "lucent_mean_act": round(float(np.mean(l_act)), 4),
             })
             tot["lucent_s"] += l_s
             tot["lucent_n"] += len(lu)
@@ -141,8 +159,10 @@ def main() -> None:
         summary.update({
             "lucent_units_per_s": round(lucent_rate, 3),
             "speed_ratio": round(summary["fvds_units_per_s"] / lucent_rate, 2),
-            "median_act_ratio": round(statistics.median(ratios), 3),
-            "min_act_ratio": round(min(ratios), 3),
+            "median_act_ratio": _median(ratios),
+            "min_act_ratio": round(min(ratios), 3) if ratios else None,
+            "units_compared": len(ratios), "units_dead_in_lucent": len(all_pairs) - len(ratios),
+            "fvds_ge_lucent": round(sum(a >= b for a, b in all_pairs) / len(all_pairs), 3),
         })
     print(json.dumps({"summary": summary}), flush=True)
     if args.json:

@@ -7,6 +7,9 @@ from typing import Annotated
 import typer
 
 from fvds import __version__
+from fvds.commands import build as build_cmd
+from fvds.commands import finetune as finetune_cmd
+from fvds.commands import push as push_cmd
 
 app = typer.Typer(
     name="fvds",
@@ -29,6 +32,13 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """fvds: feature-visualization datasets."""
+
+
+app.command("build")(build_cmd.build)
+app.command("plan")(build_cmd.plan)
+app.command("verify")(build_cmd.verify)
+app.command("finetune")(finetune_cmd.finetune)
+app.command("push")(push_cmd.push)
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ values are :class:`~fvds.errors.BadInput` naming the key and what is accepted.
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fvds.errors import BadInput

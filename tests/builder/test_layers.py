@@ -50,7 +50,7 @@ def test_exclude_globs(tiny_model):
 def test_units_are_identical_across_stages(how):
     stage_a = create_model("test_resnet", "random", seed=0)
     stage_b = create_model("test_resnet", "random", seed=99)
-    for la, lb in zip(conv_layers(stage_a), conv_layers(stage_b)):
+    for la, lb in zip(conv_layers(stage_a), conv_layers(stage_b), strict=True):
         ua, ub = select_units(la, 5, how, seed=4), select_units(lb, 5, how, seed=4)
         assert ua == ub and ua == sorted(ua) and len(set(ua)) == len(ua)
         assert len(ua) == min(5, la.channels) and all(0 <= u < la.channels for u in ua)

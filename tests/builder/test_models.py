@@ -86,7 +86,8 @@ def test_unknown_model_names_close_matches():
 
 
 def test_timm_weights_resolve_to_the_hub_without_downloading(monkeypatch, tmp_path):
-    assert models.pretrained_source("seresnext50_32x4d") == "hf-hub:timm/seresnext50_32x4d.racm_in1k"
+    source = models.pretrained_source("seresnext50_32x4d")
+    assert source == "hf-hub:timm/seresnext50_32x4d.racm_in1k"
     # Offline and with an empty cache, loading must fail with a message, not download.
     import huggingface_hub.constants as hc
 

@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import tiny_config
 from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
+from conftest import tiny_config
 from fvds.builder import pipeline
 from fvds.builder.pipeline import build
 from fvds.errors import BadInput

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 from typer.testing import CliRunner
 
+from conftest import TINY_MODEL
 from fvds import __version__
 from fvds.cli import app
 

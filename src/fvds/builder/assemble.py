@@ -116,5 +116,5 @@ def _to_rows(part: pa.Table, proj: Projection, offset: int, arrow: pa.Schema) ->
         columns["umap_stage_y"] = pa.array(proj.stage_coords[sl, 1], pa.float32())
     arrays = [columns[f.name].combine_chunks() if isinstance(columns[f.name], pa.ChunkedArray)
               else columns[f.name] for f in arrow]
-    return pa.RecordBatch.from_arrays([a.cast(f.type) for a, f in zip(arrays, arrow)],
+    return pa.RecordBatch.from_arrays([a.cast(f.type) for a, f in zip(arrays, arrow, strict=True)],
                                       schema=arrow)

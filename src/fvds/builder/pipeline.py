@@ -229,7 +229,7 @@ def make_figures(plan: Plan, work: WorkArea, dest: Path, stage_of_row: np.ndarra
             job = next(j for j in plan.jobs_of(stage.name) if j.layer.name == layer)
             t = pq.read_table(work.part_path(job), columns=["unit", "image"])
             units = t.column("unit").to_pylist()[: cfg.dataset.grid_units]
-            rows.append((layer, list(zip(units, t.column("image").to_pylist()))))
+            rows.append((layer, list(zip(units, t.column("image").to_pylist(), strict=False))))
         name = f"figures/grid_{stage.name}.png"
         grid_figure(dest / name, stage.name, rows)
         names.append(name)
@@ -259,8 +259,14 @@ def _swap_into_place(staging: Path, out: Path) -> None:
 
 @contextmanager
 def _progress(quiet: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from fvds.commands._common import console
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
+import tomllib
 import typer
 
 from fvds.commands._common import DirArg, QuietOpt, console, handle_errors, out

@@ -50,7 +50,7 @@ def umap_figure(path: Path, stages: list[str], stage_of_row: np.ndarray, coords:
                              squeeze=False, sharex=True, sharey=True)
     vmin, vmax = float(depth.min()), float(max(depth.max(), depth.min() + 1))
     scatter = None
-    for ax, stage in zip(axes[0], stages):
+    for ax, stage in zip(axes[0], stages, strict=True):
         m = stage_of_row == stage
         scatter = ax.scatter(coords[m, 0], coords[m, 1], c=depth[m], cmap="viridis", s=8,
                              vmin=vmin, vmax=vmax, linewidths=0)

@@ -83,7 +83,7 @@ def test_pad_and_normalize_match_lucent(name):
 
 def _closure_values(fn) -> dict:
     return {name: cell.cell_contents
-            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ())}
+            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False)}
 
 
 def test_lucent_set_has_lucents_parameters():

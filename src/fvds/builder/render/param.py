@@ -53,7 +53,8 @@ def fft_image(spectrum: torch.Tensor, h: int, w: int, decay_power: float = 1.0) 
     """Unbounded image (B, 3, h, w) from a scaled spectrum (B, 3, h, w_freqs, 2)."""
     freqs = rfft2d_freqs(h, w)
     scale = 1.0 / np.maximum(freqs, 1.0 / max(w, h)) ** decay_power
-    scale = torch.as_tensor(scale, dtype=torch.float32, device=spectrum.device)[None, None, ..., None]
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=spectrum.device)
+    scale = scale[None, None, ..., None]
     spec = torch.view_as_complex((scale * spectrum.float()).contiguous())
     image = torch.fft.irfftn(spec, s=(h, w), norm="ortho")
     return image[:, :, :h, :w] / _FFT_MAGIC
