@@ -14,6 +14,7 @@ unit.
     python benchmarks/bench_render.py                                  # CPU, 64 px, 32 steps
     python benchmarks/bench_render.py --device cuda --size 224         # on a GPU
     python benchmarks/bench_render.py --device cuda --size 224 --units 64 --lucent-units 8
+    python benchmarks/bench_render.py --noise matched      # lucent fed fvds's noise
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 from fvds.builder.models import create_model
 from fvds.builder.render import activation_of, prepare_model, render_units, resolve_device
+from fvds.builder.render.reference import lucent_render
 from fvds.config import load_config
 
 LAYERS = ("layer1.0.conv2", "layer3.0.conv2", "layer4.2.conv3")
@@ -48,11 +50,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_lucent(model_name, state, layer, units, size, steps, device):
+def bench_lucent(model_name, state, layer, units, cfg, device, matched):
     """Per-unit render_vis on fresh models holding ``state``; returns (seconds, uint8 images)."""
-    from lucent.optvis import objectives, param, render
-
-    lucent_layer = layer.replace(".", "_")
     images, seconds = [], 0.0
     for u in units:
         # a fresh model as a user would create it (lucent registers hooks it never removes),
@@ -60,17 +59,11 @@ def bench_lucent(model_name, state, layer, units, size, steps, device):
         model = timm.create_model(model_name, pretrained=False)
         model.load_state_dict(state)
         model = model.to(device).eval()
-        torch.manual_seed(u)
-        np.random.seed(u)
         _sync(device)
         t0 = time.perf_counter()
-        out = render.render_vis(
-            model, objectives.neuron(lucent_layer, u),
-            param_f=lambda: param.image(size), thresholds=(steps,),
-            show_image=False, progress=False, fixed_image_size=size)
+        images.append(lucent_render(model, layer, u, cfg, seed=0, matched=matched))
         _sync(device)
         seconds += time.perf_counter() - t0
-        images.append((out[-1][0] * 255).round().clip(0, 255).astype(np.uint8))
     return seconds, np.stack(images)
 
 
@@ -93,6 +86,9 @@ def main() -> None:
                     help="units per layer for the lucent baseline (default: --units)")
     ap.add_argument("--layers", nargs="+", default=list(LAYERS))
     ap.add_argument("--skip-lucent", action="store_true")
+    ap.add_argument("--noise", choices=["independent", "matched"], default="independent",
+                    help="independent: lucent draws its own noise (seeded by unit); matched: "
+                    "lucent gets fvds's initial noise and transform draws for each unit")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -112,7 +108,8 @@ def main() -> None:
     render_units(model, args.layers[0], [0], cfg.model_copy(update={"steps": 2}), seed=1,
                  device=device)
     if not args.skip_lucent:
-        bench_lucent(args.model, state, args.layers[0], [0], args.size, 2, device)
+        bench_lucent(args.model, state, args.layers[0], [0],
+                     cfg.model_copy(update={"steps": 2}), device, args.noise == "matched")
 
     rows, ratios, all_pairs = [], [], []
     tot = {"fvds_s": 0.0, "fvds_n": 0, "lucent_s": 0.0, "lucent_n": 0}
@@ -126,7 +123,8 @@ def main() -> None:
         tot["fvds_n"] += len(units)
         if not args.skip_lucent:
             lu = units[:n_lucent]
-            l_s, l_img = bench_lucent(args.model, state, layer, lu, args.size, args.steps, device)
+            l_s, l_img = bench_lucent(args.model, state, layer, lu, cfg, device,
+                                      args.noise == "matched")
             l_act = activation_of(scorer, layer, lu, l_img, cfg)
             pairs = list(zip(f_act[: len(lu)].tolist(), l_act.tolist(), strict=True))
             layer_ratios = [a / b for a, b in pairs if b > ALIVE]
@@ -150,7 +148,7 @@ def main() -> None:
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "model": args.model, "size": args.size, "steps": args.steps,
+        "model": args.model, "size": args.size, "steps": args.steps, "noise": args.noise,
         "torch": torch.__version__,
         "fvds_units_per_s": round(tot["fvds_n"] / tot["fvds_s"], 3),
     }
