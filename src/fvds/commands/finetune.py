@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fvds.commands._common import QuietOpt, console, handle_errors, out
-from fvds.finetune import FinetuneConfig, run_finetune
+from fvds.finetune.config import FinetuneConfig
 
 _DEFAULTS = FinetuneConfig(data="-", out="-")
 _DATA = "Data"
@@ -102,6 +102,8 @@ def finetune(
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, min_lr=min_lr,
         label_smoothing=label_smoothing, freeze_epochs=freeze_epochs, seed=seed, device=device,
         precision=precision, workers=workers)  # type: ignore[arg-type]  # checked by the config
+    from fvds.finetune.train import run_finetune
+
     result = run_finetune(cfg, overwrite=overwrite, fresh=fresh, progress=not quiet,
                           console=console)
     out(str(result.checkpoint))

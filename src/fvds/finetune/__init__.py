@@ -10,11 +10,20 @@ run's settings), :mod:`.data` (image folders and datasets), :mod:`.train` (the l
 :mod:`.checkpoint` (resume state, atomic files, metadata).
 """
 
-from fvds.finetune.checkpoint import metadata_path, read_finetune_metadata
-from fvds.finetune.config import FinetuneConfig
-from fvds.finetune.data import LabelledImages, load_labelled_images
-from fvds.finetune.train import EpochMetrics, FinetuneResult, build_model, evaluate, run_finetune
+from importlib import import_module
+from typing import Any
 
-__all__ = ["EpochMetrics", "FinetuneConfig", "FinetuneResult", "LabelledImages", "build_model",
-           "evaluate", "load_labelled_images", "metadata_path", "read_finetune_metadata",
-           "run_finetune"]
+# Imported on first use, so that `fvds --help` does not pay for torch.
+_EXPORTS = {
+    "metadata_path": "checkpoint", "read_finetune_metadata": "checkpoint",
+    "FinetuneConfig": "config", "LabelledImages": "data", "load_labelled_images": "data",
+    "EpochMetrics": "train", "FinetuneResult": "train", "build_model": "train",
+    "evaluate": "train", "run_finetune": "train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"fvds.finetune.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'fvds.finetune' has no attribute {name!r}")
