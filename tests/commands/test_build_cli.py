@@ -159,3 +159,25 @@ def test_build_and_verify_from_the_cli(tmp_path):
     result = run("verify", out)
     assert result.exit_code == 1 and shard.name in result.output
     assert run("verify", tmp_path / "nothing").exit_code == 2
+
+
+def test_paper_build_without_the_finetuned_checkpoint_explains_finetune(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the preset's checkpoint path is relative to the cwd
+    result = run("build", "--preset", "paper", "--out", tmp_path / "paper")
+    assert result.exit_code == 2
+    assert "seresnext50_32x4d-finetuned.safetensors" in result.output
+    assert "fvds finetune" in result.output
+    assert not (tmp_path / "paper").exists()
+
+
+def test_per_stage_projection_columns(tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "ds"
+    result = run("build", *TINY, "--stage", "a=random", "--stage", "b=random",
+                 "--set", "umap.per_stage=true", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    ds = load_dataset(str(out), "all", split="train")
+    assert {"umap_stage_x", "umap_stage_y"} <= set(ds.column_names)
+    assert run("verify", out).exit_code == 0
