@@ -43,10 +43,11 @@ class StageConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME.match(v) or v == "all":
+        # "all" and "comparison" are the dataset's other configs (see dataset_card.card)
+        if not _NAME.match(v) or v in ("all", "comparison"):
             raise ValueError(
                 f"stage name {v!r} must be lower-case letters, digits, '_' or '-', "
-                "start with a letter, and not be 'all'"
+                "start with a letter, and be neither 'all' nor 'comparison'"
             )
         return v
 
@@ -125,6 +126,7 @@ class DatasetConfig(_Section):
     row_group_rows: int = Field(100, ge=1)  # rows per row group (the Hub viewer reads groups)
     grid_layers: int = Field(8, ge=1)  # layers shown per stage in the grid figure
     grid_units: int = Field(8, ge=1)  # units shown per layer in the grid figure
+    explorer_url: str | None = None  # where the `fvds explore` site is hosted; the card links it
 
     @field_validator("version")
     @classmethod
@@ -156,6 +158,11 @@ class Config(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """The inverse of :meth:`to_dict` (JSON arrays back to tuples)."""
+        return cls.model_validate(_lists_to_tuples(data))
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:

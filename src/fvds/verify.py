@@ -2,7 +2,8 @@
 
 Checks, each reported by file name: the manifest's files exist with their sizes and SHA-256;
 no data file is unlisted; every shard has the schema of ``Features`` and rows of its stage;
-rows per stage agree with the manifest and the card; ids are unique; and
+rows per stage agree with the manifest and the card; ids are unique; the `comparison` table
+(cross-stage cosines, when the build has several stages) has its schema and rows; and
 ``datasets.load_dataset(folder, config)`` returns those rows for every config.
 """
 
@@ -12,6 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fvds.errors import BadInput
@@ -57,14 +59,10 @@ def verify_dataset(folder: Path, *, load: bool = True) -> list[str]:
         n = 0
         for shard in shards:
             rel = shard.relative_to(folder).as_posix()
-            try:
-                table = pq.read_table(shard, columns=["id", "stage"])
-                got_schema = pq.read_schema(shard)
-            except Exception as e:
-                problems.append(f"{rel}: unreadable parquet ({type(e).__name__})")
+            table = _read_shard(rel, shard, ["id", "stage"], expected, "the dataset's Features",
+                                problems)
+            if table is None:
                 continue
-            if not got_schema.remove_metadata().equals(expected.remove_metadata()):
-                problems.append(f"{rel}: schema differs from the dataset's Features")
             if set(table.column("stage").to_pylist()) - {stage}:
                 problems.append(f"{rel}: holds rows of another stage")
             shard_ids = table.column("id").to_pylist()
@@ -75,13 +73,57 @@ def verify_dataset(folder: Path, *, load: bool = True) -> list[str]:
         if n != rows_expected.get(stage):
             problems.append(f"data/{stage}/: {n} rows, {MANIFEST} says "
                             f"{rows_expected.get(stage)}")
-    problems += _check_card(folder, rows_expected)
+    # the companion table of cross-stage cosines (absent in single-stage and older builds)
+    cmp_rows = int((manifest.get("comparison") or {}).get("rows") or 0)
+    problems += _check_comparison(folder, cmp_rows, list(rows_expected))
+    problems += _check_card(folder, rows_expected, cmp_rows)
     if load and not problems:
-        problems += _check_loads(folder, rows_expected)
+        problems += _check_loads(folder, rows_expected, cmp_rows)
     return problems
 
 
-def _check_card(folder: Path, rows: dict[str, int]) -> list[str]:
+def _check_comparison(folder: Path, n: int, stages: list[str]) -> list[str]:
+    shards = sorted((folder / schema.COMPARISON_DIR).glob("*.parquet"))
+    where = f"{schema.COMPARISON_DIR}/"
+    if not n:
+        return [f"{where}: {MANIFEST} records no comparison table, yet it holds shards"] \
+            if shards else []
+    if not shards:
+        return [f"{where}: no shards, {MANIFEST} says {n} rows"]
+    problems, got = [], 0
+    expected = schema.comparison_arrow_schema().remove_metadata()
+    for shard in shards:
+        rel = shard.relative_to(folder).as_posix()
+        table = _read_shard(rel, shard, ["stage_a", "stage_b"], expected,
+                            "the comparison table's Features", problems)
+        if table is None:
+            continue
+        unknown = (set(table.column("stage_a").to_pylist())
+                   | set(table.column("stage_b").to_pylist())) - set(stages)
+        if unknown:
+            problems.append(f"{rel}: names stages not in the dataset: {sorted(unknown)}")
+        got += table.num_rows
+    if got != n:
+        problems.append(f"{where}: {got} rows, {MANIFEST} says {n}")
+    return problems
+
+
+def _read_shard(rel: str, shard: Path, columns: list[str], expected: pa.Schema, what: str,
+                problems: list[str]) -> pa.Table | None:
+    """``columns`` of a shard, noting in ``problems`` a shard that is unreadable (None is
+    returned) or whose schema is not ``expected``."""
+    try:
+        table = pq.read_table(shard, columns=columns)
+        got_schema = pq.read_schema(shard)
+    except Exception as e:
+        problems.append(f"{rel}: unreadable parquet ({type(e).__name__})")
+        return None
+    if not got_schema.remove_metadata().equals(expected.remove_metadata()):
+        problems.append(f"{rel}: schema differs from {what}")
+    return table
+
+
+def _check_card(folder: Path, rows: dict[str, int], cmp_rows: int = 0) -> list[str]:
     from huggingface_hub import DatasetCard
 
     try:
@@ -90,11 +132,14 @@ def _check_card(folder: Path, rows: dict[str, int]) -> list[str]:
         return [f"README.md: card YAML unreadable ({type(e).__name__})"]
     problems = []
     configs = {c["config_name"] for c in data.get("configs", [])}
-    if configs != {"all", *rows}:
-        problems.append(f"README.md: configs {sorted(configs)} != all + stages {sorted(rows)}")
+    extra = ["comparison"] if cmp_rows else []
+    if configs != {"all", *rows, *extra}:
+        problems.append(f"README.md: configs {sorted(configs)} != all + stages {sorted(rows)}"
+                        + (" + comparison" if extra else ""))
+    counts = {"all": sum(rows.values()), **rows, **({"comparison": cmp_rows} if extra else {})}
     for info in data.get("dataset_info", []):
         name = info.get("config_name")
-        n = sum(rows.values()) if name == "all" else rows.get(name)
+        n = counts.get(name)
         card_n = info.get("splits", [{}])[0].get("num_examples")
         if card_n != n:
             problems.append(f"README.md: dataset_info says {card_n} rows for '{name}', "
@@ -102,13 +147,22 @@ def _check_card(folder: Path, rows: dict[str, int]) -> list[str]:
     return problems
 
 
-def _check_loads(folder: Path, rows: dict[str, int]) -> list[str]:
+def _check_loads(folder: Path, rows: dict[str, int], cmp_rows: int = 0) -> list[str]:
     from datasets import load_dataset
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
     problems = []
     with tempfile.TemporaryDirectory(prefix="fvds-verify-") as cache:
+        if cmp_rows:
+            try:
+                n = len(load_dataset(str(folder), "comparison", split="train", cache_dir=cache))
+                if n != cmp_rows:
+                    problems.append(f"load_dataset(..., 'comparison'): {n} rows, expected "
+                                    f"{cmp_rows}")
+            except Exception as e:
+                problems.append(f"load_dataset(..., 'comparison') failed: {type(e).__name__}: "
+                                f"{e}")
         for name in ["all", *rows]:
             want = sum(rows.values()) if name == "all" else rows[name]
             try:

@@ -64,7 +64,8 @@ def test_card_yaml(tiny_dataset):
     card = DatasetCard.load(tiny_dataset / "README.md")
     data = card.data.to_dict()
     configs = {c["config_name"]: c for c in data["configs"]}
-    assert set(configs) == {"all", "random", "finetuned"}
+    # a config per stage, `all`, and the cross-stage table (see test_compare)
+    assert set(configs) == {"all", "random", "finetuned", "comparison"}
     assert configs["all"]["default"] is True
     assert configs["finetuned"]["data_files"] == [
         {"split": "train", "path": "data/finetuned/*.parquet"}]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fvds.builder.assemble import Projection, assemble
+from fvds.builder.compare import Comparison, RowKeys, compare
 from fvds.builder.embed import Embedder
 from fvds.builder.models import (
     check_checkpoint,
@@ -31,9 +32,10 @@ from fvds.builder.render import prepare_model, render_units, resolve_device
 from fvds.builder.workarea import WorkArea, atomic_write_bytes, check_out_dir, part_table
 from fvds.config import Config
 from fvds.schemas.manifest import MANIFEST, build_manifest, library_versions, manifest_bytes
+from fvds.schemas.rows import COMPARISON_DIR, COMPARISON_SHARD
 
 # What a build writes at the top of the dataset folder; the rest of OUT is left alone.
-DATASET_ENTRIES = ("README.md", "data", "figures", MANIFEST)
+DATASET_ENTRIES = ("README.md", "data", COMPARISON_DIR, "figures", MANIFEST)
 
 
 @dataclass
@@ -164,13 +166,14 @@ def finish(plan: Plan, work: WorkArea, stages: dict[str, dict], report: BuildRep
     with phase("assemble"):
         proj = Projection(embeddings, coords, stage_coords)
         report.rows = assemble(plan, work, proj, staging)
+        comparison = compare_stages(plan, embeddings, coords, staging)
     with phase("card"):
         figures = make_figures(plan, work, staging, stage_of_row, coords)
         shard_bytes = {s.name: sum(p.stat().st_size for p in (staging / "data" / s.name).glob(
             "*.parquet")) for s in cfg.stages}
         versions = library_versions()
         card = _render_card(plan, report.rows, shard_bytes, embeddings.shape[1], stages, used,
-                            versions, figures)
+                            versions, figures, comparison)
         (staging / "README.md").write_text(str(card), encoding="utf-8")
         manifest = build_manifest(
             staging, fvds_version=versions.get("fvds"), config=cfg.to_dict(), versions=versions,
@@ -178,16 +181,34 @@ def finish(plan: Plan, work: WorkArea, stages: dict[str, dict], report: BuildRep
                                    for la in plan.layers],
             rows=report.rows, embedding={"method": cfg.embedding.method,
                                          "dim": int(embeddings.shape[1])},
-            projection=used)
+            projection=used, comparison=comparison.manifest())
         atomic_write_bytes(staging / MANIFEST, manifest_bytes(manifest))
         _swap_into_place(staging, work.out)
 
 
-def _render_card(plan, rows, shard_bytes, dim, stages, used, versions, figures):
+def _render_card(plan, rows, shard_bytes, dim, stages, used, versions, figures, comparison):
     from fvds.dataset_card.card import render_card
 
     return render_card(plan, rows=rows, shard_bytes=shard_bytes, embedding_dim=dim,
-                       stages=stages, projection=used, versions=versions, figures=figures)
+                       stages=stages, projection=used, versions=versions, figures=figures,
+                       comparison=comparison)
+
+
+def compare_stages(plan: Plan, embeddings: np.ndarray, coords: np.ndarray,
+                   dest: Path) -> Comparison:
+    """Unit cosines between stages (written as the `comparison` table when there are two or
+    more stages), per-layer summaries and the layer-clustering score of the projection."""
+    keys = RowKeys(
+        stage=np.array([j.stage for j in plan.jobs for _ in j.units]),
+        layer=np.array([j.layer.name for j in plan.jobs for _ in j.units]),
+        layer_index=np.array([j.layer.index for j in plan.jobs for _ in j.units]),
+        unit=np.array([u for j in plan.jobs for u in j.units]))
+    result = compare(embeddings, coords, keys, [s.name for s in plan.config.stages])
+    if len(result.cosines):
+        (dest / COMPARISON_DIR).mkdir(parents=True, exist_ok=True)
+        pq.write_table(result.cosines.to_arrow(), dest / COMPARISON_SHARD, compression="zstd",
+                       row_group_size=10_000)
+    return result
 
 
 def embed_all(plan: Plan, work: WorkArea, embedder: Embedder, quiet: bool) -> np.ndarray:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -12,6 +12,9 @@ from fvds.builder.embed import describe as describe_embedding
 from fvds.builder.plan import Plan
 from fvds.builder.render.transforms import TRANSFORM_SETS
 from fvds.schemas import rows as schema
+
+if TYPE_CHECKING:
+    from fvds.builder.compare import Comparison
 
 CITATIONS = """\
 - Olah, Mordvintsev, Schubert. *Feature Visualization*. Distill, 2017. doi:10.23915/distill.00007
@@ -30,7 +33,10 @@ def size_category(n: int) -> str:
 
 
 def card_data(plan: Plan, rows: dict[str, int], shard_bytes: dict[str, int],
-              embedding_dim: int) -> DatasetCardData:
+              embedding_dim: int, comparison_rows: int = 0,
+              comparison_bytes: int = 0) -> DatasetCardData:
+    """The card's YAML. ``comparison_rows`` > 0 adds the `comparison` config (the companion
+    table of cross-stage cosines under comparison/, outside the `all` config's glob)."""
     cfg = plan.config
     feats = schema.features(embedding_dim, cfg.umap.per_stage)._to_yaml_list()
     configs = [{"config_name": "all", "default": True,
@@ -47,6 +53,11 @@ def card_data(plan: Plan, rows: dict[str, int], shard_bytes: dict[str, int],
 
     infos = [info("all", sum(rows.values()), sum(shard_bytes.values()))]
     infos += [info(s.name, rows[s.name], shard_bytes[s.name]) for s in cfg.stages]
+    if comparison_rows:
+        configs.append({"config_name": "comparison", "data_files": [
+            {"split": "train", "path": f"{schema.COMPARISON_DIR}/*.parquet"}]})
+        infos.append({**info("comparison", comparison_rows, comparison_bytes),
+                      "features": schema.comparison_features()._to_yaml_list()})
     return DatasetCardData(
         license=cfg.dataset.license,
         pretty_name=cfg.dataset.pretty_name,
@@ -83,10 +94,92 @@ def _stage_lines(plan: Plan, stages: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _comparison_section(comparison: Comparison | None, plan: Plan, repo: str, rev: str) -> str:
+    """Per-layer cosines between stages, the layers that change most, the clustering score."""
+    if comparison is None:
+        return "Not computed for this build."
+    parts = []
+    if len(comparison.cosines):
+        pairs = comparison.summaries
+        head = " | ".join(f"`{p['stage_a']}` → `{p['stage_b']}`" for p in pairs)
+        table = [f"| layer | depth | {head} |", "| --- | --- |" + " --- |" * len(pairs)]
+        by_layer = [{r["layer"]: r for r in p["layers"]} for p in pairs]
+        for layer in plan.layers:
+            cells = [f"{_fmt(b[layer.name]['mean'])} ({_fmt(b[layer.name]['median'])})"
+                     if layer.name in b else "–" for b in by_layer]
+            table.append(f"| `{layer.name}` | {layer.index} | {' | '.join(cells)} |")
+        most = "\n".join(f"- `{p['stage_a']}` → `{p['stage_b']}` (mean {_fmt(p['mean'])} over "
+                         f"{p['units']} units): " + ", ".join(f"`{x}`" for x in p["changed_most"])
+                         for p in pairs)
+        parts.append(f"""How much does a unit's visualization change between stages? For every unit
+rendered in two stages, the `comparison` config holds the cosine similarity of its `embedding`
+in the two stages: {len(comparison.cosines):,} rows, one per unit and pair of stages, in
+`{schema.COMPARISON_SHARD}` (outside `data/`, so `all` does not include it).
+
+```python
+from datasets import load_dataset
+
+cmp = load_dataset("{repo}", "comparison", split="train", revision="{rev}")
+```
+
+{schema.comparison_schema_table()}
+
+Mean cosine per layer, median in brackets (1: the same picture, as the embedding sees it):
+
+{chr(10).join(table)}
+
+Layers that change most (lowest mean cosine):
+
+{most}""")
+    else:
+        parts.append("This build has a single stage, so there is nothing to compare and no "
+                     "`comparison` config.")
+    stages = comparison.clustering
+    rows = ["| stage | units | layer accuracy | chance | depth-bin accuracy | chance |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for name, s in stages.items():
+        rows.append(f"| `{name}` | {s['rows']} | {_fmt(s['layer_accuracy'])} | "
+                    f"{_fmt(s['layer_chance'])} | {_fmt(s['depth_accuracy'])} | "
+                    f"{_fmt(s['depth_chance'])} |")
+    bins = next(iter(stages.values()))["depth_bins"] if stages else 0
+    k = next(iter(stages.values()))["k"] if stages else 0
+    parts.append(f"""**Do visualizations cluster by layer?** Leave-one-out {k}-NN accuracy of
+predicting a unit's layer from its (`umap_x`, `umap_y`), neighbours taken within its stage,
+against always guessing the most frequent layer (chance); and the same for {bins} depth bins
+(consecutive layers grouped from shallow to deep). Also in `fvds.json` under `comparison`.
+
+{chr(10).join(rows)}""")
+    return "\n\n".join(parts)
+
+
+def _explore_section(cfg, repo: str, rev: str) -> str:
+    link = (f"A hosted copy: <{cfg.dataset.explorer_url}>.\n\n"
+            if cfg.dataset.explorer_url else "")
+    return f"""{link}Browse the visualizations rather than read them: [fvds](https://pypi.org/project/fvds/)
+writes a static site (no server, no internet needed to view it) from this repo or a local copy:
+
+```bash
+pip install fvds
+fvds explore {repo}@{rev} --out site/    # or: fvds explore path/to/dataset --out site/
+# then open site/index.html
+```
+
+It has the UMAP map of all units (coloured by depth, stages together or one at a time, the
+image on hover, search by layer or unit id, click through to the unit), a page per layer with
+its units in every stage side by side, and a page per unit with its visualization and
+activation in every stage, its cross-stage cosines and its nearest neighbours in embedding
+space within and across stages. The figures below are static previews of the same data."""
+
+
 def render_card(plan: Plan, *, rows: dict[str, int], shard_bytes: dict[str, int],
                 embedding_dim: int, stages: dict[str, dict[str, Any]],
                 projection: dict[str, Any], versions: dict[str, str],
-                figures: list[str], repo_id: str | None = None) -> DatasetCard:
+                figures: list[str], repo_id: str | None = None,
+                comparison: Comparison | None = None) -> DatasetCard:
     cfg = plan.config
     r = cfg.render
     repo = repo_id or f"ORG/{cfg.dataset.name}"
@@ -154,6 +247,14 @@ in `fvds.json`.
 
 {schema.schema_table(embedding_dim, cfg.umap.per_stage)}
 
+## Cross-stage comparison
+
+{_comparison_section(comparison, plan, repo, rev)}
+
+## Explore the dataset
+
+{_explore_section(cfg, repo, rev)}
+
 ## Figures
 
 {figs}
@@ -162,5 +263,7 @@ in `fvds.json`.
 
 {CITATIONS}
 """
-    data = card_data(plan, rows, shard_bytes, embedding_dim)
+    n_cmp = len(comparison.cosines) if comparison is not None else 0
+    data = card_data(plan, rows, shard_bytes, embedding_dim, n_cmp,
+                     comparison.cosines.to_arrow().nbytes if n_cmp else 0)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -76,3 +76,35 @@ def schema_table(embedding_dim: int, per_stage: bool = False) -> str:
     lines = ["| column | type | meaning |", "| --- | --- | --- |"]
     lines += [f"| `{c.name}` | {type_name(c)} | {c.meaning} |" for c in columns(per_stage)]
     return "\n".join(lines)
+
+
+# The companion table of the `comparison` config: one row per unit and pair of stages. It lives
+# in comparison/, outside data/*/, so that the `all` config does not swallow it.
+COMPARISON_DIR = "comparison"
+COMPARISON_SHARD = f"{COMPARISON_DIR}/train-00000-of-00001.parquet"
+COMPARISON_COLUMNS: tuple[Column, ...] = (
+    Column("layer", "string", "module path of the conv layer"),
+    Column("layer_index", "int32", "depth order of the layer among all conv layers"),
+    Column("unit", "int32", "output channel of the layer"),
+    Column("stage_a", "string", "the earlier stage of the pair (config order)"),
+    Column("stage_b", "string", "the later stage of the pair"),
+    Column("cosine", "float32", "cosine similarity of the unit's `embedding` in the two stages"),
+)
+
+
+def comparison_features():
+    """The ``datasets.Features`` of a row of the comparison table."""
+    from datasets import Features, Value
+
+    return Features({c.name: Value(c.dtype) for c in COMPARISON_COLUMNS})
+
+
+def comparison_arrow_schema() -> pa.Schema:
+    return comparison_features().arrow_schema
+
+
+def comparison_schema_table() -> str:
+    """The card's markdown table of the comparison table's columns."""
+    lines = ["| column | type | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{c.name}` | {c.dtype} | {c.meaning} |" for c in COMPARISON_COLUMNS]
+    return "\n".join(lines)
