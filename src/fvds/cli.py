@@ -10,6 +10,7 @@ from fvds import __version__
 from fvds.commands import build as build_cmd
 from fvds.commands import finetune as finetune_cmd
 from fvds.commands import push as push_cmd
+from fvds.commands import scale as scale_cmd
 
 app = typer.Typer(
     name="fvds",
@@ -39,6 +40,8 @@ app.command("plan")(build_cmd.plan)
 app.command("verify")(build_cmd.verify)
 app.command("finetune")(finetune_cmd.finetune)
 app.command("push")(push_cmd.push)
+app.command("assemble")(scale_cmd.assemble)
+app.command("status")(scale_cmd.status)
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 
 from conftest import tiny_config
-from fvds.builder import pipeline
 from fvds.builder.pipeline import build
+from fvds.builder.worker import Worker
 from fvds.errors import BadInput
 from fvds.schemas import COLUMNS
 from fvds.verify import verify_dataset
@@ -90,7 +90,7 @@ def test_resume_after_interruption_renders_only_the_rest(tmp_path, tiny_checkpoi
                                                          tiny_dataset, monkeypatch):
     cfg = tiny_config(tiny_checkpoint)
     out = tmp_path / "resumed"
-    real = pipeline.render_job
+    real = Worker.render
     calls = []
 
     def flaky(*args, **kwargs):
@@ -99,11 +99,11 @@ def test_resume_after_interruption_renders_only_the_rest(tmp_path, tiny_checkpoi
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "render_job", flaky)
+    monkeypatch.setattr(Worker, "render", flaky)
     with pytest.raises(KeyboardInterrupt):
         build(cfg, out, **QUIET)
     assert not (out / "fvds.json").exists()
-    monkeypatch.setattr(pipeline, "render_job", real)
+    monkeypatch.setattr(Worker, "render", real)
     report = build(cfg, out, **QUIET)
     assert report.skipped_jobs == 3 and report.rendered_jobs == 12 - 3
     # identical to the uninterrupted build

@@ -1,6 +1,9 @@
 """``fvds build``: plan -> render -> embed -> project -> assemble -> card.
 
-Every input is checked before anything is written. Rendering resumes from the work area.
+Every input is checked before anything is written. Rendering resumes from the work area, with
+the launcher of :mod:`fvds.builder.executors` the :class:`Launch` names; a build given a shard
+renders only that shard's jobs, and :func:`assemble_work` (``fvds assemble``) finishes the
+dataset once every shard is done.
 The dataset folder is assembled in ``OUT/.fvds/staging`` and moved into place at the end, so
 a failed assembly never leaves a half-written dataset where a good one was.
 """
@@ -17,20 +20,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from fvds.builder import executors
 from fvds.builder.assemble import Projection, assemble
 from fvds.builder.compare import Comparison, RowKeys, compare
 from fvds.builder.embed import Embedder
-from fvds.builder.models import (
-    check_checkpoint,
-    check_model_name,
-    load_stage,
-    pretrained_source,
-)
+from fvds.builder.executors import Launch
+from fvds.builder.models import check_checkpoint, check_model_name, load_stage
 from fvds.builder.plan import Job, Plan, make_plan
 from fvds.builder.project import project
-from fvds.builder.render import prepare_model, render_units, resolve_device
-from fvds.builder.workarea import WorkArea, atomic_write_bytes, check_out_dir, part_table
+from fvds.builder.render import resolve_device
+from fvds.builder.workarea import WorkArea, atomic_write_bytes, check_out_dir
+from fvds.builder.worker import stage_meta
 from fvds.config import Config
+from fvds.errors import FvdsError
 from fvds.schemas.manifest import MANIFEST, build_manifest, library_versions, manifest_bytes
 from fvds.schemas.rows import COMPARISON_DIR, COMPARISON_SHARD
 
@@ -75,9 +77,14 @@ def check_inputs(config: Config) -> Plan:
     return plan
 
 
-def build(config: Config, out: Path, *, quiet: bool = False,
+def build(config: Config, out: Path, *, launch: Launch | None = None, quiet: bool = False,
           log: Callable[[str], None] = print) -> BuildReport:
-    """Build the dataset folder ``out`` from ``config``; resumes an interrupted build."""
+    """Build the dataset folder ``out`` from ``config``; resumes an interrupted build.
+
+    ``launch`` says where jobs render (this process by default). With ``launch.shard`` only
+    that shard's jobs are rendered and nothing is assembled."""
+    launch = launch or Launch()
+    launch.check()
     out = check_out_dir(out)
     plan = check_inputs(config)
     work = WorkArea(out)
@@ -86,61 +93,102 @@ def build(config: Config, out: Path, *, quiet: bool = False,
     phase = _Phases(report, log)
     work.claim(config)
 
+    jobs = list(plan.jobs if launch.shard is None else launch.shard.select(plan.jobs))
+    if launch.shard is not None:
+        log(f"Shard {launch.shard}: {len(jobs)} of the {len(plan.jobs)} jobs.")
     with phase("render"):
-        stages = render_missing(plan, work, report, quiet=quiet, log=log)
-    finish(plan, work, stages, report, phase, quiet=quiet)
+        render_missing(plan, work, jobs, launch, report, quiet=quiet, log=log)
+    if launch.shard is not None:
+        log(f"Shard {launch.shard}: its {len(jobs)} jobs are rendered. Once every shard is "
+            f"done, run `fvds assemble {out}`.")
+        return report
+    _assemble(plan, work, report, phase, quiet=quiet)
     log(f"Dataset ready: {out} ({sum(report.rows.values())} rows)")
     return report
 
 
-def render_missing(plan: Plan, work: WorkArea, report: BuildReport, *, quiet: bool,
-                   log: Callable[[str], None]) -> dict[str, dict]:
-    """Render every job without a valid part; returns per-stage weight metadata."""
-    cfg = plan.config
-    device = resolve_device(cfg.render.device)
-    todo = [j for j in plan.jobs if not work.is_done(j)]
-    report.skipped_jobs = len(plan.jobs) - len(todo)
+def assemble_work(out: Path, *, device: str | None = None, quiet: bool = False,
+                  log: Callable[[str], None] = print) -> BuildReport:
+    """Assemble the dataset folder ``out`` from its work area once every job is rendered (by
+    any number of shards), with the config the build recorded there; ``device`` overrides
+    ``render.device`` for the embedding."""
+    work = WorkArea(Path(out).expanduser().resolve())
+    config = work.load_config()
+    if device is not None:
+        resolve_device(device)
+        config = config.model_copy(update={"render": config.render.model_copy(
+            update={"device": device})})
+    plan = make_plan(config)
+    report = BuildReport(work.out)
+    _assemble(plan, work, report, _Phases(report, log), quiet=quiet)
+    log(f"Dataset ready: {work.out} ({sum(report.rows.values())} rows)")
+    return report
+
+
+def render_missing(plan: Plan, work: WorkArea, jobs: list[Job], launch: Launch,
+                   report: BuildReport, *, quiet: bool, log: Callable[[str], None]) -> None:
+    """Render every job of ``jobs`` without a valid part; fail listing the jobs that raised."""
+    todo = [j for j in jobs if not work.is_done(j)]
+    report.skipped_jobs = len(jobs) - len(todo)
     if report.skipped_jobs:
-        log(f"Resuming: {report.skipped_jobs} of {len(plan.jobs)} jobs already rendered.")
-    stages_meta: dict[str, dict] = {}
+        log(f"Resuming: {report.skipped_jobs} of {len(jobs)} jobs already rendered.")
+    total = sum(len(j.units) for j in jobs)
     with _progress(quiet) as progress:
-        task = progress.add_task("render", total=plan.total_units,
-                                 completed=plan.total_units - sum(len(j.units) for j in todo))
-        for stage in cfg.stages:
-            loaded = load_stage(cfg.model.name, stage, seed=cfg.seed)
-            stages_meta[stage.name] = _stage_meta(cfg, stage, loaded.sha256)
-            jobs = [j for j in todo if j.stage == stage.name]
-            if not jobs:
-                continue
-            model = prepare_model(loaded.model, device)
-            for job in jobs:
-                progress.update(task, description=f"{stage.name} {job.layer.name}")
-                render_job(plan, work, job, model, device)
-                report.rendered_jobs += 1
-                progress.advance(task, len(job.units))
-            del model
-    return stages_meta
+        task = progress.add_task("render", total=total,
+                                 completed=total - sum(len(j.units) for j in todo))
+
+        def advance(job: Job) -> None:
+            progress.update(task, description=f"{job.stage} {job.layer.name}",
+                            advance=len(job.units))
+
+        try:
+            tally = executors.run(plan, work, todo, launch, advance, log)
+        except KeyboardInterrupt:
+            done = sum(work.part_path(j).exists() for j in jobs)
+            log(f"Interrupted: {done} of {len(jobs)} jobs done; rerun the same command to "
+                "resume.")
+            raise
+    report.rendered_jobs = tally.rendered
+    report.skipped_jobs += tally.elsewhere
+    if tally.failed:
+        shown = "; ".join(f"{k}: {v}" for k, v in list(tally.failed.items())[:5])
+        more = f" (+{len(tally.failed) - 5} more)" if len(tally.failed) > 5 else ""
+        raise FvdsError(
+            f"{len(tally.failed)} of {len(jobs)} jobs failed: {shown}{more}. The other jobs are "
+            f"saved. Tracebacks: `fvds status {work.out}`; rerun the same command to retry the "
+            "failed jobs.")
 
 
-def render_job(plan: Plan, work: WorkArea, job: Job, model, device) -> None:
-    """The pure worker: one job in, one part file out."""
+def _assemble(plan: Plan, work: WorkArea, report: BuildReport, phase, *, quiet: bool) -> None:
+    """Refuse with jobs missing (listing them), else run :func:`finish`, one process at a
+    time."""
+    missing = [j.id for j in plan.jobs if not work.is_done(j)]
+    if missing:
+        failed = len(work.failures())
+        note = f" {failed} of them failed (`fvds status {work.out}` shows why)." if failed else ""
+        more = f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""
+        raise FvdsError(
+            f"Cannot assemble '{work.out}': {len(missing)} of {len(plan.jobs)} jobs are not "
+            f"rendered: {', '.join(missing[:10])}{more}.{note} Render them with `fvds build` "
+            "(the same config, all shards or none), then assemble.")
+    # Two processes assembling one folder would share its staging area: they take turns.
+    with work.assembly_lock():
+        finish(plan, work, stage_records(plan, work), report, phase, quiet=quiet)
+
+
+def stage_records(plan: Plan, work: WorkArea) -> dict[str, dict]:
+    """Each stage's weight record, as the process that rendered it wrote it; a stage without
+    one (its parts came from elsewhere) is loaded once to fingerprint it."""
     cfg = plan.config
-    result = render_units(model, job.layer.name, list(job.units), cfg.render, cfg.seed, device)
-    work.write_part(job, part_table(job, cfg.model.name, result, cfg.render.steps))
-
-
-def _stage_meta(cfg: Config, stage, sha256: str) -> dict:
-    meta = {"weights": stage.weights, "sha256": sha256, "num_classes": stage.num_classes}
-    if stage.weights == "timm":
-        meta["source"] = pretrained_source(cfg.model.name)
-    elif stage.is_checkpoint:
-        meta["file"] = Path(stage.weights).name
-        from fvds.finetune import read_finetune_metadata
-
-        ft = read_finetune_metadata(stage.weights)
-        if ft:
-            meta["finetune"] = ft
-    return meta
+    records = {}
+    for stage in cfg.stages:
+        record = work.stage_record(stage.name)
+        if record is None:
+            loaded = load_stage(cfg.model.name, stage, seed=cfg.seed)
+            record = stage_meta(cfg, stage, loaded.sha256)
+            work.record_stage(stage.name, record)
+        records[stage.name] = record
+    return records
 
 
 def finish(plan: Plan, work: WorkArea, stages: dict[str, dict], report: BuildReport, phase,

@@ -4,14 +4,24 @@ A part is complete or absent: it is written under a temporary name, fsynced, the
 A rerun skips parts that read back with the expected rows, and re-renders missing or broken
 ones. The render identity (everything that changes a rendered pixel) is recorded on the first
 run; a later run with a different one is refused, naming what differs.
+
+Several processes (shards, devices, machines on a shared filesystem) may work in one area at
+once. Each takes a job's lock (``locks/``, flock: the kernel drops it when a process dies, so a
+kill -9 leaves no stale lock) before rendering it, so two processes never render the same job
+together; and since every file is renamed into place, nothing they write can interleave.
+Besides the parts the area holds the full config (``config.json``, for ``fvds assemble`` and
+``fvds status``), each stage's weight fingerprint (``stages/``), and a record per failed job
+(``failed/``) until a rerun renders it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +32,7 @@ from PIL import Image
 
 from fvds.builder.plan import Job
 from fvds.config import Config
-from fvds.errors import BadInput
+from fvds.errors import BadInput, FvdsError
 
 PART_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -101,6 +111,10 @@ class WorkArea:
         self.root = self.out / ".fvds"
         self.parts = self.root / "parts"
         self.identity_file = self.root / "render.json"
+        self.config_file = self.root / "config.json"
+        self.failed = self.root / "failed"
+        self.stages = self.root / "stages"
+        self.locks = self.root / "locks"
 
     def check_identity(self, config: Config) -> None:
         """Refuse a config whose rendering differs from the one this work area was made with."""
@@ -121,6 +135,16 @@ class WorkArea:
         if not self.identity_file.exists():
             atomic_write_bytes(self.identity_file,
                                json.dumps(render_identity(config), indent=2).encode())
+        # The latest run's full config wins: only settings outside the render identity (dataset
+        # version, embedding, UMAP, device) can differ, and those belong to the next assembly.
+        atomic_write_bytes(self.config_file, json.dumps(config.to_dict(), indent=2).encode())
+
+    def load_config(self) -> Config:
+        """The config of the latest build in this area."""
+        if not self.config_file.exists():
+            raise BadInput(f"'{self.out}' holds no fvds build ('{self.config_file}' is missing); "
+                           "give the --out folder of an `fvds build`.")
+        return Config.from_dict(json.loads(self.config_file.read_text()))
 
     def part_path(self, job: Job) -> Path:
         return self.parts / job.part
@@ -141,13 +165,118 @@ class WorkArea:
             return False
         return True
 
-    def write_part(self, job: Job, table: pa.Table) -> None:
+    def write_part(self, job: Job, table: pa.Table, info: dict[str, str] | None = None) -> None:
+        """Write a job's part; ``info`` (render seconds, device, host) goes in the Parquet
+        footer as ``fvds.*`` keys, where ``fvds status`` reads it without loading rows."""
+        if info:
+            meta = {**(table.schema.metadata or {}),
+                    **{f"fvds.{k}".encode(): str(v).encode() for k, v in info.items()}}
+            table = table.replace_schema_metadata(meta)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         atomic_write_bytes(self.part_path(job), buf.getvalue())
 
     def read_part(self, job: Job) -> pa.Table:
         return pq.read_table(self.part_path(job))
+
+    def part_info(self, job: Job) -> dict[str, str] | None:
+        """The ``info`` a part was written with, or None when the part is missing or
+        unreadable; reads the footer only and, unlike :meth:`is_done`, never deletes."""
+        try:
+            meta = pq.read_schema(self.part_path(job)).metadata or {}
+        except (OSError, pa.ArrowException):
+            return None
+        return {k.decode()[5:]: v.decode() for k, v in meta.items() if k.startswith(b"fvds.")}
+
+    def clear_temp(self, job: Job) -> None:
+        """Remove temporary files a killed writer of this job left; call with its lock held."""
+        path = self.part_path(job)
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+    # -- locks -------------------------------------------------------------------------------
+    def job_lock(self, job: Job) -> FileLock:
+        return FileLock(self.locks / (job.part.removesuffix(".parquet") + ".lock"))
+
+    def assembly_lock(self) -> FileLock:
+        return FileLock(self.locks / "assemble.lock")
+
+    # -- failed jobs ---------------------------------------------------------------------------
+    def failure_path(self, job: Job) -> Path:
+        return self.failed / (job.part.removesuffix(".parquet") + ".json")
+
+    def record_failure(self, job: Job, error: str, detail: str, where: str) -> None:
+        record = {"job": job.id, "part": job.part, "error": error, "traceback": detail,
+                  "where": where, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_bytes(self.failure_path(job), json.dumps(record, indent=2).encode())
+
+    def clear_failure(self, job: Job) -> None:
+        self.failure_path(job).unlink(missing_ok=True)
+
+    def failures(self) -> list[dict[str, str]]:
+        """Records of jobs whose last attempt failed, in path order."""
+        out = []
+        for path in sorted(self.failed.rglob("*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue  # removed by a rerun that rendered the job meanwhile
+        return out
+
+    # -- stage fingerprints --------------------------------------------------------------------
+    def stage_record(self, name: str) -> dict | None:
+        path = self.stages / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def record_stage(self, name: str, meta: dict) -> None:
+        """Record a stage's weights (``sha256`` and provenance) the first time a process loads
+        them; refuse weights that differ from the recorded ones, since the parts already
+        rendered show the old weights."""
+        old = self.stage_record(name)
+        if old is None:
+            atomic_write_bytes(self.stages / f"{name}.json", json.dumps(meta, indent=2).encode())
+        elif old["sha256"] != meta["sha256"]:
+            raise FvdsError(
+                f"Stage '{name}': its weights changed since parts of '{self.out}' were rendered "
+                f"(sha256 {old['sha256'][:12]}... then, {meta['sha256'][:12]}... now, weights "
+                f"{meta['weights']!r}). Restore the original weights, or build into a new --out.")
+
+
+class FileLock:
+    """An exclusive advisory lock (flock) on a file. The kernel releases it when the holder
+    exits, however it exits; lock files are never deleted, since a process could otherwise lock
+    an unlinked file while another locks its replacement."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock; with ``wait=False`` return False at once if another holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire(wait=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -37,6 +37,18 @@ VersionOpt = Annotated[str | None, typer.Option("--dataset-version",
                                                 help="Dataset version X.Y.Z (card, push tag).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Any config key: KEY=VALUE with a TOML value, e.g. --set umap.n_neighbors=30.")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", help="Render only shard i of N (i/N, from 0; job k of the plan is in shard k mod "
+    "N) and do not assemble: run `fvds assemble OUT` once every shard is done. Default: from "
+    "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or RANK/WORLD_SIZE when set.",
+    show_default=False)]
+DevicesOpt = Annotated[str | None, typer.Option(
+    "--devices", help="One worker process per device, sharing the jobs: auto (every GPU), "
+    "cuda:0,cuda:1, cpu,cpu. Default: one process on the configured --device.",
+    show_default=False)]
+ExecutorOpt = Annotated[str, typer.Option(
+    "--executor", help="local, or ray: one task per job on the Ray cluster at RAY_ADDRESS, else "
+    "a local Ray (pip install 'fvds\\[ray]').")]
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -85,9 +97,11 @@ def build(
     objective: ObjectiveOpt = None, size: SizeOpt = None, model_input_size: InputSizeOpt = None,
     steps: StepsOpt = None, batch_size: BatchOpt = None, device: DeviceOpt = None,
     seed: SeedOpt = None, embedding: EmbeddingOpt = None, dataset_version: VersionOpt = None,
-    set_: SetOpt = None, quiet: QuietOpt = False,
+    set_: SetOpt = None, shard: ShardOpt = None, devices: DevicesOpt = None,
+    executor: ExecutorOpt = "local", quiet: QuietOpt = False,
 ) -> None:
-    """Render, embed, project and assemble a dataset folder (resumable)."""
+    """Render, embed, project and assemble a dataset folder (resumable, shardable)."""
+    from fvds.builder.executors import launch_from_flags
     from fvds.builder.pipeline import build as run_build
 
     cfg = resolve_config(config, preset, model=model, stage=stage, layers=layers,
@@ -95,7 +109,9 @@ def build(
                          objective=objective, size=size, model_input_size=model_input_size,
                          steps=steps, batch_size=batch_size, device=device, seed=seed,
                          embedding=embedding, dataset_version=dataset_version, set_=set_)
-    report = run_build(cfg, out_dir, quiet=quiet, log=lambda m: console.print(m, highlight=False))
+    launch = launch_from_flags(executor, shard, devices, cfg.render.device)
+    report = run_build(cfg, out_dir, launch=launch, quiet=quiet,
+                       log=lambda m: console.print(m, highlight=False))
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items())
     console.print(f"Rendered {report.rendered_jobs} jobs, reused {report.skipped_jobs}. "
                   f"{timings}.", highlight=False)
