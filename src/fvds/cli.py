@@ -8,6 +8,7 @@ import typer
 
 from fvds import __version__
 from fvds.commands import build as build_cmd
+from fvds.commands import explore as explore_cmd
 from fvds.commands import finetune as finetune_cmd
 from fvds.commands import push as push_cmd
 from fvds.commands import scale as scale_cmd
@@ -42,6 +43,7 @@ app.command("finetune")(finetune_cmd.finetune)
 app.command("push")(push_cmd.push)
 app.command("assemble")(scale_cmd.assemble)
 app.command("status")(scale_cmd.status)
+app.command("explore")(explore_cmd.explore)
 
 
 def main() -> None:
