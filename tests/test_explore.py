@@ -81,6 +81,33 @@ def test_a_rebuilt_site_replaces_the_old_one(site, tiny_dataset, tmp_path):
     assert not (copy / "img" / "stale.png").exists()
 
 
+def test_large_images_get_thumbnails_small_ones_are_their_own(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from fvds.explore.source import Source
+    from fvds.explore.units import collect
+
+    def png(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    table = pa.table({
+        "id": ["a/l/0", "a/l/1"], "stage": ["a", "a"], "layer": ["l", "l"],
+        "layer_index": [0, 0], "unit": [0, 1], "layer_units": [2, 2],
+        "image": [{"bytes": png(100), "path": None}, {"bytes": png(224), "path": None}],
+        "activation": [1.0, 2.0], "embedding": [[1.0, 0.0], [0.0, 1.0]],
+        "umap_x": [0.0, 1.0], "umap_y": [0.0, 1.0]})
+    units = collect(Source("test", "test", ["a"], iter([table])), tmp_path)
+    assert units.thumb(0) == units.img(0) == "img/a/l/0.png"  # 100 px: no copy
+    assert units.thumb(1) == "thumb/a/l/1.png"
+    assert Image.open(tmp_path / units.thumb(1)).size == (96, 96)
+    assert Image.open(tmp_path / units.img(1)).size == (224, 224)  # the original is kept
+    assert not (tmp_path / "thumb" / "a" / "l" / "0.png").exists()
+
+
 def test_nearest_neighbours_within_and_across_stages():
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [1, 0.05], [0.1, 1], [-1, 0]], np.float32)
     stage = np.array(["a", "a", "a", "b", "b", "b"])

@@ -9,7 +9,7 @@ Layout of the site (all links relative):
     layers/<layer>.html         a layer's units, every stage side by side
     units/<layer>/<unit>.html   one unit: every stage, activation, cosines, neighbours
     img/<stage>/<layer>/<unit>.png    the visualizations, as stored in the dataset
-    thumb/<stage>/<layer>/<unit>.png  96 px copies when the images are larger
+    thumb/<stage>/<layer>/<unit>.png  96 px copies of images over 144 px
     static/                     bokeh.js, site.css
     fvds-explore.json           what the site was made from (also marks the folder as a site)
 """
