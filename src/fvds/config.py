@@ -119,6 +119,7 @@ class UmapConfig(_Section):
 
 class DatasetConfig(_Section):
     name: str = "fvds-seresnext50"  # repo name on the Hub (without the org)
+    # Config fills in "Feature visualizations of <model.name> across training stages"
     pretty_name: str = "Feature visualizations of SEResNeXt50 across training stages"
     version: str = "0.1.0"  # semantic version; `fvds push` tags v<version>
     license: str = "cc-by-4.0"
@@ -145,6 +146,20 @@ class Config(_Section):
     embedding: EmbeddingConfig = EmbeddingConfig()
     umap: UmapConfig = UmapConfig()
     dataset: DatasetConfig = DatasetConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_title(cls, data: Any) -> Any:
+        """Unless the config names one, the dataset's title names its model."""
+        if not isinstance(data, dict):
+            return data
+        ds = data.get("dataset", {})
+        if isinstance(ds, dict) and "pretty_name" not in ds:
+            model = data.get("model", {})
+            name = model.get("name") if isinstance(model, dict) else getattr(model, "name", None)
+            title = f"Feature visualizations of {name or ModelConfig().name} across training stages"
+            data = {**data, "dataset": {**ds, "pretty_name": title}}
+        return data
 
     @model_validator(mode="after")
     def _unique_stages(self) -> Config:
