@@ -108,6 +108,14 @@ def test_large_images_get_thumbnails_small_ones_are_their_own(tmp_path):
     assert not (tmp_path / "thumb" / "a" / "l" / "0.png").exists()
 
 
+def test_names_from_a_dataset_cannot_climb_out_of_the_site():
+    from fvds.explore.units import slug
+
+    assert slug("layer2.0.conv2") == "layer2.0.conv2"
+    assert slug("..") == "_.." and slug(".hidden") == "_.hidden" and slug("") == "_"
+    assert slug("a/../b") == "a_.._b" and "/" not in slug("../../etc")
+
+
 def test_nearest_neighbours_within_and_across_stages():
     emb = np.array([[1, 0], [0.9, 0.1], [0, 1], [1, 0.05], [0.1, 1], [-1, 0]], np.float32)
     stage = np.array(["a", "a", "a", "b", "b", "b"])

@@ -119,8 +119,7 @@ class UmapConfig(_Section):
 
 class DatasetConfig(_Section):
     name: str = "fvds-seresnext50"  # repo name on the Hub (without the org)
-    # Config fills in "Feature visualizations of <model.name> across training stages"
-    pretty_name: str = "Feature visualizations of SEResNeXt50 across training stages"
+    pretty_name: str = ""  # empty: Config derives it from the model and stage names
     version: str = "0.1.0"  # semantic version; `fvds push` tags v<version>
     license: str = "cc-by-4.0"
     shard_rows: int = Field(2000, ge=1)  # rows per parquet shard
@@ -150,16 +149,24 @@ class Config(_Section):
     @model_validator(mode="before")
     @classmethod
     def _default_title(cls, data: Any) -> Any:
-        """Unless the config names one, the dataset's title names its model."""
+        """Unless the config names one, the dataset's title names its model and stages."""
         if not isinstance(data, dict):
             return data
         ds = data.get("dataset", {})
-        if isinstance(ds, dict) and "pretty_name" not in ds:
-            model = data.get("model", {})
-            name = model.get("name") if isinstance(model, dict) else getattr(model, "name", None)
-            title = f"Feature visualizations of {name or ModelConfig().name} across training stages"
-            data = {**data, "dataset": {**ds, "pretty_name": title}}
-        return data
+        given = ds.get("pretty_name") if isinstance(ds, dict) else getattr(ds, "pretty_name", "")
+        if given:
+            return data
+        model = data.get("model", {})
+        name = model.get("name") if isinstance(model, dict) else getattr(model, "name", None)
+        stages = data.get("stages", ({"name": "random"},))
+        names = [s.get("name") if isinstance(s, dict) else getattr(s, "name", None)
+                 for s in stages] if isinstance(stages, (list, tuple)) else []
+        title = (f"Feature visualizations of {name or ModelConfig().name}: "
+                 f"{', '.join(str(n) for n in names if n)}").rstrip(": ")
+        if isinstance(ds, DatasetConfig):
+            return {**data, "dataset": ds.model_copy(update={"pretty_name": title})}
+        return {**data, "dataset": {**(ds if isinstance(ds, dict) else {}),
+                                    "pretty_name": title}}
 
     @model_validator(mode="after")
     def _unique_stages(self) -> Config:

@@ -153,3 +153,18 @@ def test_a_stage_cannot_be_named_comparison():
 
     with pytest.raises(ValidationError, match="comparison"):
         StageConfig(name="comparison")
+
+
+def test_the_build_compares_embeddings_centred_on_their_mean():
+    """Pixel embeddings share a large positive part (the grey background): raw cosines would
+    all be ~1. After centring, a unit whose picture is kept scores 1 and an inverted one < 0."""
+    keys = keys_for(["random", "finetuned"], layers=("a", "b"), units=(0, 1))
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(4, 16)).astype(np.float32)
+    later = np.concatenate([s[:2], -s[2:]])  # layer a kept, layer b inverted
+    emb = 100.0 + np.concatenate([s, later])
+    assert unit_cosines(emb, keys, ["random", "finetuned"]).cosine.min() > 0.99  # raw
+    (pair,) = compare(emb, np.zeros((8, 2)), keys, ["random", "finetuned"]).summaries
+    means = {r["layer"]: r["mean"] for r in pair["layers"]}
+    assert means["a"] == pytest.approx(1.0, abs=1e-4) and means["b"] < 0
+    assert pair["changed_most"][0] == "b"

@@ -19,8 +19,12 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config, tiny_config_overrides
 from fvds.builder.executors import (
+    WAIT,
     Launch,
     Shard,
+    Tally,
+    _Dispatcher,
+    _StopOnInterrupt,
     launch_from_flags,
     parse_devices,
     parse_shard,
@@ -28,6 +32,8 @@ from fvds.builder.executors import (
 )
 from fvds.builder.pipeline import assemble_work, build
 from fvds.builder.plan import make_plan
+from fvds.builder.render import JobResult
+from fvds.builder.workarea import WorkArea, part_table
 from fvds.builder.worker import Worker
 from fvds.cli import app
 from fvds.errors import BadInput, FvdsError
@@ -174,14 +180,15 @@ def test_a_build_killed_with_sigkill_resumes_to_the_same_dataset(tmp_path, tiny_
     assert not list((out / ".fvds").rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_after_the_job_in_flight_and_says_how_to_resume(tmp_path,
                                                                      tiny_checkpoint,
-                                                                     tiny_dataset):
+                                                                     tiny_dataset, sig):
     out = tmp_path / "stopped"
     proc = fvds_process("build", *cli_args(tiny_checkpoint), "--out", str(out), "-q",
                         delay=0.5)
     wait_for_parts(proc, out, 2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)  # SIGTERM: what SLURM sends before preempting a job
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Stopping after the jobs in flight" in err
@@ -248,6 +255,48 @@ def test_two_cpu_worker_processes_give_the_same_dataset(tmp_path, tiny_checkpoin
     assert hosts == {b"cpu"}
 
 
+def spawned_workers(parent: int) -> list[int]:
+    """Worker processes (multiprocessing spawn children) of ``parent``, from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_worker_processes_die_with_a_killed_build(tmp_path, tiny_checkpoint):
+    out = tmp_path / "orphans"
+    # jobs of a minute or more: a worker that outlived the build would still be rendering
+    proc = fvds_process("build", *cli_args(tiny_checkpoint), "--set", "render.steps=20000",
+                        "--out", str(out), "-q", "--devices", "cpu,cpu")
+    deadline = time.monotonic() + 60
+    while len(workers := spawned_workers(proc.pid)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(5)  # they import torch, build their models and start a job
+    assert all(alive(w) for w in workers) and not parts_of(out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers):
+        assert time.monotonic() < deadline, "worker processes outlived the killed build"
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie is dead; init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_the_ray_executor_on_a_local_ray_gives_the_same_dataset(tmp_path, tiny_checkpoint,
                                                                 tiny_dataset, monkeypatch):
     pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[dev]')")
@@ -295,3 +344,89 @@ def test_a_failing_job_is_recorded_shown_by_status_and_retried(tmp_path, tiny_ch
     assert report.rendered_jobs == 2
     assert not list((out / ".fvds" / "failed").rglob("*.json"))
     assert_same_dataset(out, tiny_dataset)
+
+
+# ---------------------------------------------------------------------------- locks and numerics
+def fake_part(job):
+    images = np.zeros((len(job.units), 32, 32, 3), np.uint8)
+    result = JobResult(job.layer.name, list(job.units), images,
+                       np.zeros(len(job.units), np.float32), 0)
+    return part_table(job, "test_resnet", result, 3)
+
+
+def test_a_launcher_never_waits_for_a_job_while_holding_its_own(tmp_path, tiny_checkpoint):
+    """Two launchers on one work area, each holding the job the other still needs: waiting in
+    the kernel would deadlock them. They are told to come back instead, and each finds the
+    other's job done once it is written."""
+    work = WorkArea(tmp_path)
+    x, y = make_plan(tiny_config(tiny_checkpoint)).jobs[:2]
+    stop = _StopOnInterrupt()
+    a = _Dispatcher(work, [(x,), (y,)], lambda j: None, Tally(), stop)
+    b = _Dispatcher(work, [(y,), (x,)], lambda j: None, Tally(), stop)
+    assert a.take(block=not a.locks) == (x,)
+    assert b.take(block=not b.locks) == (y,)
+    t0 = time.monotonic()
+    assert a.take(block=not a.locks) is WAIT and b.take(block=not b.locks) is WAIT
+    assert time.monotonic() - t0 < 0.5
+    work.write_part(y, fake_part(y))
+    b.settled(y, None)
+    assert a.take(block=False) is None and a.tally.elsewhere == 1  # y: done by b
+    work.write_part(x, fake_part(x))
+    a.settled(x, None)
+    assert b.take(block=True) is None and b.tally.elsewhere == 1
+    # nothing in flight, waiting for a job another process holds: Ctrl-C ends the wait
+    c = _Dispatcher(work, [(x,)], lambda j: None, Tally(), stop)
+    holder = work.job_lock(x)
+    assert holder.acquire(wait=False)
+    work.part_path(x).unlink()
+    stop.requested = True
+    t0 = time.monotonic()
+    assert c.take(block=True) is None and time.monotonic() - t0 < 2
+    holder.release()
+
+
+def test_parts_from_another_kind_of_device_are_refused(tmp_path, tiny_checkpoint,
+                                                      tiny_dataset):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, out)
+    work = WorkArea(out)
+    assert work.recorded_numerics() == "cpu fp32"
+    parts_of(out)[0].unlink()
+    (out / ".fvds" / "numerics.json").write_text(json.dumps({"numerics": "cuda bf16"}))
+    before = sorted(p.name for p in parts_of(out))
+    with pytest.raises(BadInput, match="rendered as 'cuda bf16' and this run renders as "
+                                       "'cpu fp32'"):
+        build(tiny_config(tiny_checkpoint), out, **QUIET)
+    assert sorted(p.name for p in parts_of(out)) == before
+    with pytest.raises(FvdsError, match="one kind of device and precision"):
+        work.record_numerics("cpu fp32")  # what a Ray task's part would meet
+
+
+def test_a_filesystem_without_locks_or_space_is_a_clear_error(tmp_path, monkeypatch,
+                                                              tiny_checkpoint):
+    import errno
+    import fcntl
+
+    from fvds.builder import workarea
+
+    job = make_plan(tiny_config(tiny_checkpoint)).jobs[0]
+    work = WorkArea(tmp_path)
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(FvdsError, match="Builds need file locks") as e:
+        work.job_lock(job).acquire(wait=False)
+    assert "No locks available" in str(e.value)
+    monkeypatch.undo()
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(workarea.os, "replace", full)
+    with pytest.raises(FvdsError, match="No space left on device"):
+        work.write_part(job, fake_part(job))
+    assert not list(tmp_path.rglob("*.tmp")) and not work.part_path(job).exists()

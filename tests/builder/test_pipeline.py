@@ -73,7 +73,7 @@ def test_card_yaml(tiny_dataset):
     assert infos["all"]["splits"][0]["num_examples"] == 2 * UNITS
     assert infos["random"]["splits"][0]["num_examples"] == UNITS
     assert data["license"] and data["size_categories"] == ["n<1K"]
-    assert data["pretty_name"] == "Feature visualizations of test_resnet across training stages"
+    assert data["pretty_name"] == "Feature visualizations of test_resnet: random, finetuned"
     assert "&id" not in (tiny_dataset / "README.md").read_text()  # no YAML anchors
     for fig in ("figures/umap.png", "figures/grid_random.png", "figures/grid_finetuned.png"):
         assert (tiny_dataset / fig).exists() and fig in card.text

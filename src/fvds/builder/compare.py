@@ -5,7 +5,8 @@ Pure functions over per-row arrays in plan order (stage, layer, unit), used by t
 `comparison` table, the card and ``fvds.json``) and by ``fvds explore``.
 
 - ``unit_cosines``: for every unit present in two stages, the cosine similarity of its
-  ``embedding`` in each pair of stages.
+  ``embedding`` in each pair of stages; the build and the explorer give it embeddings
+  ``centered`` on the mean of all rows.
 - ``layer_summaries``: mean / median cosine per layer and pair, and the layers that change most.
 - ``layer_clustering``: leave-one-out k-NN accuracy of predicting a row's layer (and its depth
   bin) from its 2-D UMAP coordinates, per stage, next to the majority-class baseline. It puts a
@@ -68,6 +69,14 @@ def normalized(embeddings: np.ndarray, rows: np.ndarray | None = None) -> np.nda
     e = np.asarray(embeddings[rows] if rows is not None else embeddings, dtype=np.float32)
     norm = np.linalg.norm(e, axis=1, keepdims=True)
     return e / np.maximum(norm, 1e-12)
+
+
+def centered(embeddings: np.ndarray) -> np.ndarray:
+    """Embeddings minus their mean over all rows of every stage. What all visualizations share
+    (the grey of the background, the mean colour: pixel embeddings are all positive) would
+    otherwise put every cosine near 1 and rank layers by brightness, not by what they show."""
+    e = np.asarray(embeddings, dtype=np.float32)
+    return e - e.mean(axis=0, keepdims=True)
 
 
 def stage_pairs(stages: list[str]) -> list[tuple[str, str]]:
@@ -203,5 +212,5 @@ class Comparison:
 
 def compare(embeddings: np.ndarray, coords: np.ndarray, keys: RowKeys,
             stages: list[str]) -> Comparison:
-    cos = unit_cosines(embeddings, keys, stages)
+    cos = unit_cosines(centered(embeddings), keys, stages)
     return Comparison(cos, layer_summaries(cos), layer_clustering(coords, keys, stages))

@@ -23,7 +23,9 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -93,15 +95,20 @@ def parse_devices(text: str) -> tuple[str, ...]:
         n = torch.cuda.device_count()
         return tuple(f"cuda:{i}" for i in range(n)) or ("cpu",)
     devices = tuple(d.strip() for d in text.split(","))
+    kinds = set()
     for d in devices:
         if d in ("", "auto"):
             raise BadInput(f"--devices '{text}' must be 'auto' or a comma list of devices such "
                            "as cuda:0,cuda:1 or cpu,cpu.")
         try:
-            resolve_device(d)
+            kinds.add(resolve_device(d).type)
         except RuntimeError:  # torch.device() on a malformed name
             raise BadInput(f"--devices '{text}': '{d}' is not a device (cpu, cuda, cuda:N, "
                            "mps).") from None
+    if len(kinds) > 1:
+        raise BadInput(f"--devices '{text}' mixes kinds of device ({', '.join(sorted(kinds))}): "
+                       "images rendered on different kinds differ slightly, so a build uses "
+                       "one kind.")
     return devices
 
 
@@ -131,14 +138,18 @@ def launch_from_flags(executor: str = "local", shard: str | None = None,
     """The command line's --executor, --shard and --devices as a :class:`Launch`.
 
     Without --shard, a local build takes its shard from a SLURM array or torchrun; under
-    torchrun each rank renders on ``cuda:LOCAL_RANK`` unless devices are named.
+    torchrun (LOCAL_RANK and WORLD_SIZE set) each rank renders on ``cuda:LOCAL_RANK`` unless
+    devices are named.
     """
     picked = parse_shard(shard) if shard is not None else (
         shard_from_env(env) if executor == "local" else None)
     named = parse_devices(devices) if devices is not None else ()
-    if (not named and shard is None and picked is not None and "LOCAL_RANK" in env
+    if (executor == "local" and not named and "LOCAL_RANK" in env and "WORLD_SIZE" in env
             and configured_device in ("auto", "cuda") and torch.cuda.is_available()):
-        named = (f"cuda:{env['LOCAL_RANK']}",)
+        if not env["LOCAL_RANK"].isdigit():
+            raise BadInput(f"LOCAL_RANK '{env['LOCAL_RANK']}' is not a GPU index (torchrun "
+                           "sets 0, 1, ...).")
+        named = parse_devices(f"cuda:{env['LOCAL_RANK']}")
     return Launch(executor, named, picked)  # type: ignore[arg-type]
 
 
@@ -173,61 +184,89 @@ def run(plan: Plan, work: WorkArea, jobs: list[Job], launch: Launch, advance: Ad
 
 
 class _StopOnInterrupt:
-    """SIGINT sets a flag that launchers check between jobs; a second SIGINT raises."""
+    """SIGINT (Ctrl-C) and SIGTERM (what SLURM sends before a preemption or the time limit, and
+    torchrun on Ctrl-C) set a flag that launchers check between jobs, so the jobs in flight are
+    finished and written; a second signal raises at once."""
 
     requested = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __enter__(self) -> _StopOnInterrupt:
-        self._old = None
+        self._old: dict = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
-    def _handle(self, _sig, _frame) -> None:
+    def _handle(self, sig, _frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        again = "Ctrl-C again" if sig == signal.SIGINT else "signal again"
         # a signal handler must not take the console's lock: write to the descriptor
-        os.write(2, b"\nStopping after the jobs in flight (Ctrl-C again to stop now)...\n")
+        os.write(2, f"\nStopping after the jobs in flight ({again} to stop now)...\n".encode())
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+WAIT = ()  # from _Dispatcher.take: only jobs other processes hold are left; ask again later
+POLL_S = 0.5  # how often a job another process holds is tried again
 
 
 class _Dispatcher:
     """Hands out groups of jobs in the given order, each job locked until it is settled.
 
-    A job locked by another process is put aside and waited for once nothing else is left;
-    a job that turns out rendered once locked is dropped (another process did it)."""
+    A job locked by another process is put aside and tried again once nothing else is left; a
+    job that turns out rendered once locked is dropped (another process did it). Locks are
+    only ever tried, never waited on in the kernel: a launcher waiting for another process's
+    job while holding its own jobs' locks could deadlock with that process, and it must keep
+    noticing its workers and Ctrl-C meanwhile.
+    """
 
     def __init__(self, work: WorkArea, groups: Iterable[tuple[Job, ...]], advance: Advance,
-                 tally: Tally):
-        self.work, self.advance, self.tally = work, advance, tally
+                 tally: Tally, stop: _StopOnInterrupt):
+        self.work, self.advance, self.tally, self.stop = work, advance, tally, stop
         self.pending = deque(groups)
-        self.later: deque[tuple[Job, ...]] = deque()
+        self.later: deque[Job] = deque()
         self.locks: dict[str, FileLock] = {}
 
-    def take(self) -> tuple[Job, ...] | None:
-        while self.pending or self.later:
-            wait = not self.pending
-            group = (self.pending or self.later).popleft()
-            taken = []
-            for job in group:
-                lock = self.work.job_lock(job)
-                if not lock.acquire(wait=wait):
-                    self.later.append((job,))
-                elif self.work.is_done(job):
-                    lock.release()
-                    self.tally.elsewhere += 1
-                    self.advance(job)
-                else:
-                    self.work.clear_temp(job)
-                    self.locks[job.id] = lock
-                    taken.append(job)
+    def take(self, block: bool = True) -> tuple[Job, ...] | None:
+        """The next group to render, None when every job is settled (or Ctrl-C was pressed
+        while waiting), or, with ``block=False``, :data:`WAIT` when only jobs another process
+        holds are left. ``block`` is for callers with nothing in flight."""
+        while self.pending:
+            taken = [j for j in self.pending.popleft() if self._try(j)]
             if taken:
                 return tuple(taken)
+        while self.later:
+            for _ in range(len(self.later)):
+                job = self.later.popleft()
+                if self._try(job):
+                    return (job,)
+            if not self.later:
+                break
+            if not block:
+                return WAIT
+            if self.stop.requested:
+                return None
+            time.sleep(POLL_S)
         return None
+
+    def _try(self, job: Job) -> bool:
+        """Lock ``job`` if it still needs rendering; put it aside if another process holds it."""
+        lock = self.work.job_lock(job)
+        if not lock.acquire(wait=False):
+            self.later.append(job)
+            return False
+        if self.work.is_done(job):
+            lock.release()
+            self.tally.elsewhere += 1
+            self.advance(job)
+            return False
+        self.work.clear_temp(job)
+        self.locks[job.id] = lock
+        return True
 
     def settle(self, outcome: Rendered | Failed) -> None:
         """Write an outcome here, count it, release the job's lock."""
@@ -269,7 +308,7 @@ def _run_here(plan: Plan, work: WorkArea, jobs: list[Job], device: str, advance:
               stop: _StopOnInterrupt) -> Tally:
     tally = Tally()
     worker = Worker(plan, resolve_device(device))
-    dispatch = _Dispatcher(work, [(j,) for j in jobs], advance, tally)  # plan order
+    dispatch = _Dispatcher(work, [(j,) for j in jobs], advance, tally, stop)  # plan order
     try:
         while not stop.requested and (group := dispatch.take()) is not None:
             dispatch.settle(worker.try_render(group[0]))
@@ -294,44 +333,68 @@ def _run_processes(plan: Plan, work: WorkArea, jobs: list[Job], devices: tuple[s
                          args=(plan.config.to_dict(), str(work.out), d, threads, w, inboxes[w],
                                outbox), daemon=True)
              for w, d in enumerate(devices)]
-    for p in procs:
-        p.start()
+    # An ignored signal stays ignored in a spawned child, so Ctrl-C cannot kill a worker while
+    # it imports torch, before it sets up its own handling.
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in stop.SIGNALS} if main else {}
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     tally = Tally()
-    dispatch = _Dispatcher(work, [(j,) for j in longest_first(plan, jobs)], advance, tally)
+    dispatch = _Dispatcher(work, [(j,) for j in longest_first(plan, jobs)], advance, tally,
+                           stop)
     held: dict[int, Job] = {}  # worker -> job it is rendering
     working = set(range(len(devices)))  # workers not yet told to exit
+    idle: deque[int] = deque()  # workers waiting for a job another process holds
+
+    def serve(w: int) -> None:
+        """Give worker ``w`` its next job, tell it to exit, or park it until one is free."""
+        if w not in working or not procs[w].is_alive():
+            return
+        group = None if stop.requested else dispatch.take(block=not dispatch.locks)
+        if group is WAIT:
+            idle.append(w)
+        elif group is None:
+            inboxes[w].put(None)
+            working.discard(w)
+        else:
+            held[w] = group[0]
+            inboxes[w].put(group[0].id)
+
     try:
         while working:
             try:
-                kind, w, job_id, payload = outbox.get(timeout=0.5)
+                kind, w, job_id, payload = outbox.get(timeout=POLL_S)
             except queue.Empty:
-                _bury(procs, devices, held, working, dispatch, work)
+                _bury(procs, devices, held, working, dispatch, work, stop)
+                for _ in range(len(idle)):
+                    serve(idle.popleft())
                 continue
             if kind == "fatal":
                 raise FvdsError(payload)
             if kind == "settled":  # the worker wrote the part or the failure record
                 dispatch.settled(held.pop(w), payload)
-            group = None if stop.requested else dispatch.take()
-            if group is None:
-                inboxes[w].put(None)
-                working.discard(w)
-            else:
-                held[w] = group[0]
-                inboxes[w].put(group[0].id)
+            serve(w)
     finally:
-        dispatch.close()
+        # workers stop before their jobs' locks go, so no other process takes a job that one
+        # of them is still writing
         for w, p in enumerate(procs):
             if p.is_alive() and w in working:
                 inboxes[w].put(None)
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():
-                p.terminate()
+                p.kill()  # workers ignore SIGTERM (see _device_main)
+                p.join(timeout=5)
+        dispatch.close()
     return tally
 
 
 def _bury(procs, devices, held: dict[int, Job], working: set[int], dispatch: _Dispatcher,
-          work: WorkArea) -> None:
+          work: WorkArea, stop: _StopOnInterrupt) -> None:
     """Account for workers that died (killed, out of memory, a crash in native code): the job
     one was rendering is a failure unless its part made it to disk."""
     for w in list(working):
@@ -348,15 +411,19 @@ def _bury(procs, devices, held: dict[int, Job], working: set[int], dispatch: _Di
             work.record_failure(job, error, "", devices[w])
         dispatch.settled(job, error)
     if not working and not dispatch.exhausted:
+        if stop.requested:
+            raise KeyboardInterrupt
         raise FvdsError("Every worker process died; rerun to resume (see `fvds status`).")
 
 
 def _device_main(config: dict, out: str, device: str, threads: int, w: int, inbox, outbox,
                  ) -> None:
     """A device's worker process: render the job ids it is given, write their parts."""
-    # Ctrl-C reaches the whole process group; the parent decides when to stop, so the job in
-    # flight here is finished and written.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C (and a scheduler's SIGTERM) reach the whole process group; the parent decides
+    # when to stop, so the job in flight here is finished and written.
+    for sig in _StopOnInterrupt.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
     try:
         dev = resolve_device(device)
         if dev.type == "cpu":
@@ -380,7 +447,28 @@ def _device_main(config: dict, out: str, device: str, threads: int, w: int, inbo
             continue
         if job_id is None:
             return
-        outbox.put(("settled", w, job_id, settle(work, worker.try_render(jobs[job_id]))))
+        try:
+            error = settle(work, worker.try_render(jobs[job_id]))
+        except FvdsError as e:  # the work area cannot be written: nothing more can be saved
+            outbox.put(("fatal", w, job_id, str(e)))
+            return
+        outbox.put(("settled", w, job_id, error))
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this worker when the build process dies, even by kill -9 (Linux),
+    so that no worker goes on rendering a job whose lock died with the build."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and not parent.is_alive():  # died before prctl took effect
+        os._exit(1)
 
 
 def _cpu_count() -> int:
@@ -424,7 +512,7 @@ def _run_ray(plan: Plan, work: WorkArea, jobs: list[Job], advance: Advance,
         task = ray.remote(_ray_render).options(num_cpus=1, num_gpus=1 if gpus else 0,
                                                max_retries=1)
         tally = Tally()
-        dispatch = _Dispatcher(work, _groups(plan, jobs, size), advance, tally)
+        dispatch = _Dispatcher(work, _groups(plan, jobs, size), advance, tally, stop)
         config = plan.config.to_dict()
         retry: deque[Job] = deque()  # failed jobs, still locked, to try again alone
         tries: dict[str, int] = {}
@@ -432,8 +520,10 @@ def _run_ray(plan: Plan, work: WorkArea, jobs: list[Job], advance: Advance,
         try:
             while True:
                 while not stop.requested and len(in_flight) < 2 * slots:
-                    group = (retry.popleft(),) if retry else dispatch.take()
-                    if group is None:
+                    # blocking is for an empty pipeline: nothing of ours is locked meanwhile
+                    group = (retry.popleft(),) if retry else dispatch.take(
+                        block=not in_flight)
+                    if group is None or group is WAIT:
                         break
                     in_flight[task.remote(config, [j.id for j in group], device)] = group
                 if not in_flight:

@@ -28,7 +28,7 @@ from fvds.builder.executors import Launch
 from fvds.builder.models import check_checkpoint, check_model_name, load_stage
 from fvds.builder.plan import Job, Plan, make_plan
 from fvds.builder.project import project
-from fvds.builder.render import resolve_device
+from fvds.builder.render import numerics, resolve_device
 from fvds.builder.workarea import WorkArea, atomic_write_bytes, check_out_dir
 from fvds.builder.worker import stage_meta
 from fvds.config import Config
@@ -89,6 +89,9 @@ def build(config: Config, out: Path, *, launch: Launch | None = None, quiet: boo
     plan = check_inputs(config)
     work = WorkArea(out)
     work.check_identity(config)
+    if launch.executor == "local":  # Ray's devices are known once tasks run: settle checks
+        device = launch.devices[0] if launch.devices else config.render.device
+        work.check_numerics(numerics(config.render, resolve_device(device)))
     report = BuildReport(out)
     phase = _Phases(report, log)
     work.claim(config)
@@ -219,9 +222,11 @@ def finish(plan: Plan, work: WorkArea, stages: dict[str, dict], report: BuildRep
         figures = make_figures(plan, work, staging, stage_of_row, coords)
         shard_bytes = {s.name: sum(p.stat().st_size for p in (staging / "data" / s.name).glob(
             "*.parquet")) for s in cfg.stages}
+        cmp_file = staging / COMPARISON_SHARD
+        shard_bytes_cmp = cmp_file.stat().st_size if cmp_file.exists() else 0
         versions = library_versions()
         card = _render_card(plan, report.rows, shard_bytes, embeddings.shape[1], stages, used,
-                            versions, figures, comparison)
+                            versions, figures, comparison, shard_bytes_cmp)
         (staging / "README.md").write_text(str(card), encoding="utf-8")
         manifest = build_manifest(
             staging, fvds_version=versions.get("fvds"), config=cfg.to_dict(), versions=versions,
@@ -234,12 +239,13 @@ def finish(plan: Plan, work: WorkArea, stages: dict[str, dict], report: BuildRep
         _swap_into_place(staging, work.out)
 
 
-def _render_card(plan, rows, shard_bytes, dim, stages, used, versions, figures, comparison):
+def _render_card(plan, rows, shard_bytes, dim, stages, used, versions, figures, comparison,
+                 comparison_bytes):
     from fvds.dataset_card.card import render_card
 
     return render_card(plan, rows=rows, shard_bytes=shard_bytes, embedding_dim=dim,
                        stages=stages, projection=used, versions=versions, figures=figures,
-                       comparison=comparison)
+                       comparison=comparison, comparison_bytes=comparison_bytes)
 
 
 def compare_stages(plan: Plan, embeddings: np.ndarray, coords: np.ndarray,

@@ -56,7 +56,11 @@ def work_status(out: Path, now: float | None = None) -> WorkStatus:
         info = work.part_info(job)
         if info is not None:
             seconds = float(info["seconds"]) if "seconds" in info else None
-            done[job.id] = (seconds, work.part_path(job).stat().st_mtime)
+            try:
+                finished = work.part_path(job).stat().st_mtime
+            except FileNotFoundError:  # a broken part, just removed by a rendering process
+                continue
+            done[job.id] = (seconds, finished)
     stages = tuple(
         StageProgress(s.name, sum(j.id in done for j in plan.jobs_of(s.name)),
                       len(plan.jobs_of(s.name)),

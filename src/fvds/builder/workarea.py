@@ -75,14 +75,20 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise FvdsError(f"Cannot write '{path}': {e.strerror}.") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a folder removed underneath
+        Path(tmp).unlink(missing_ok=True)
+        raise FvdsError(f"Cannot write '{path}': {e.strerror}.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -115,6 +121,7 @@ class WorkArea:
         self.failed = self.root / "failed"
         self.stages = self.root / "stages"
         self.locks = self.root / "locks"
+        self.numerics_file = self.root / "numerics.json"
 
     def check_identity(self, config: Config) -> None:
         """Refuse a config whose rendering differs from the one this work area was made with."""
@@ -223,6 +230,33 @@ class WorkArea:
                 continue  # removed by a rerun that rendered the job meanwhile
         return out
 
+    # -- numerics -------------------------------------------------------------------------------
+    def check_numerics(self, numerics: str) -> None:
+        """Bad input if parts here were rendered with other numerics (kind of device and
+        precision, e.g. ``cpu fp32`` vs ``cuda bf16``) than ``numerics``."""
+        old = self.recorded_numerics()
+        if old is not None and old != numerics:
+            raise BadInput(self._numerics_message(numerics, old))
+
+    def record_numerics(self, numerics: str) -> None:
+        """Record the numerics of the first part; refuse parts made with others."""
+        old = self.recorded_numerics()
+        if old is None:
+            atomic_write_bytes(self.numerics_file, json.dumps({"numerics": numerics}).encode())
+        elif old != numerics:
+            raise FvdsError(self._numerics_message(numerics, old))
+
+    def recorded_numerics(self) -> str | None:
+        if not self.numerics_file.exists():
+            return None
+        return json.loads(self.numerics_file.read_text())["numerics"]
+
+    def _numerics_message(self, new: str, old: str) -> str:
+        return (f"The parts in '{self.out}' were rendered as '{old}' and this run renders as "
+                f"'{new}': one dataset's images come from one kind of device and precision, so "
+                f"that a rerun reproduces them. Render the rest as '{old}' (--device, --devices, "
+                "render.precision), or build into a new --out.")
+
     # -- stage fingerprints --------------------------------------------------------------------
     def stage_record(self, name: str) -> dict | None:
         path = self.stages / f"{name}.json"
@@ -260,6 +294,13 @@ class FileLock:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as e:  # ENOLCK, ENOSYS...: e.g. Lustre mounted without -o flock
+            os.close(fd)
+            raise FvdsError(
+                f"Cannot lock '{self.path}': {e.strerror}. Builds need file locks (flock) in "
+                "--out so that processes sharing it never render a job twice; use a folder on "
+                "a filesystem that supports them (local disk, NFSv4, Lustre with -o flock).") \
+                from None
         except BaseException:
             os.close(fd)
             raise

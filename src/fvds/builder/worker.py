@@ -23,7 +23,7 @@ import torch
 
 from fvds.builder.models import load_stage, pretrained_source
 from fvds.builder.plan import Job, Plan
-from fvds.builder.render import prepare_model, render_units
+from fvds.builder.render import numerics, prepare_model, render_units
 from fvds.builder.workarea import WorkArea, part_table
 from fvds.config import Config, StageConfig
 from fvds.errors import FvdsError
@@ -36,6 +36,7 @@ class Rendered:
     seconds: float  # render time of this job alone
     stage: dict  # the stage's weight record (sha256, provenance), see stage_meta
     device: str
+    numerics: str  # device kind and precision, see fvds.builder.render.numerics
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Worker:
         result = render_units(model, job.layer.name, list(job.units), cfg.render, cfg.seed,
                               self.device)
         table = part_table(job, cfg.model.name, result, cfg.render.steps)
-        return Rendered(job, table, time.perf_counter() - t0, meta, str(self.device))
+        return Rendered(job, table, time.perf_counter() - t0, meta, str(self.device),
+                        numerics(cfg.render, self.device))
 
     def try_render(self, job: Job) -> Rendered | Failed:
         """:meth:`render`, with an error as a value. Ctrl-C is no error of the job: it
@@ -90,13 +92,15 @@ class Worker:
 def settle(work: WorkArea, outcome: Rendered | Failed) -> str | None:
     """Put an outcome into the work area; returns the error line of a failure, else None.
 
-    A rendered job writes its stage's record first, then its part (the commit point), then
-    drops the failure record of an earlier attempt. A stage record that contradicts the one on
-    disk (the weights changed) turns the job into a failure, and its part is not written.
+    A rendered job writes its numerics and its stage's record first, then its part (the commit
+    point), then drops the failure record of an earlier attempt. Numerics or a stage record that
+    contradict the ones on disk (another kind of device, changed weights) turn the job into a
+    failure, and its part is not written.
     """
     job = outcome.job
     if isinstance(outcome, Rendered):
         try:
+            work.record_numerics(outcome.numerics)
             work.record_stage(job.stage, outcome.stage)
         except FvdsError as e:
             outcome = Failed.of(job, e, where(outcome.device))

@@ -117,7 +117,9 @@ def _comparison_section(comparison: Comparison | None, plan: Plan, repo: str, re
                          for p in pairs)
         parts.append(f"""How much does a unit's visualization change between stages? For every unit
 rendered in two stages, the `comparison` config holds the cosine similarity of its `embedding`
-in the two stages: {len(comparison.cosines):,} rows, one per unit and pair of stages, in
+in the two stages, after subtracting the mean embedding of all rows (what every visualization
+shares, such as the mean colour, would otherwise put every cosine near 1):
+{len(comparison.cosines):,} rows, one per unit and pair of stages, in
 `{schema.COMPARISON_SHARD}` (outside `data/`, so `all` does not include it).
 
 ```python
@@ -128,7 +130,8 @@ cmp = load_dataset("{repo}", "comparison", split="train", revision="{rev}")
 
 {schema.comparison_schema_table()}
 
-Mean cosine per layer, median in brackets (1: the same picture, as the embedding sees it):
+Mean cosine per layer, median in brackets (1: the same picture as the embedding sees it,
+0: unrelated):
 
 {chr(10).join(table)}
 
@@ -179,7 +182,7 @@ def render_card(plan: Plan, *, rows: dict[str, int], shard_bytes: dict[str, int]
                 embedding_dim: int, stages: dict[str, dict[str, Any]],
                 projection: dict[str, Any], versions: dict[str, str],
                 figures: list[str], repo_id: str | None = None,
-                comparison: Comparison | None = None) -> DatasetCard:
+                comparison: Comparison | None = None, comparison_bytes: int = 0) -> DatasetCard:
     cfg = plan.config
     r = cfg.render
     repo = repo_id or f"ORG/{cfg.dataset.name}"
@@ -265,5 +268,5 @@ in `fvds.json`.
 """
     n_cmp = len(comparison.cosines) if comparison is not None else 0
     data = card_data(plan, rows, shard_bytes, embedding_dim, n_cmp,
-                     comparison.cosines.to_arrow().nbytes if n_cmp else 0)
+                     comparison_bytes)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -73,7 +73,8 @@ unit's page; show the stages together or one at a time, or search a layer or uni
 {% endfor %}
 </table>
 <p class="muted">Cosine: mean over the layer's units of the cosine similarity of a unit's
-embedding in the two stages (1: the same picture, as the embedding sees it).</p>
+embedding in the two stages, after subtracting the mean embedding of all units (1: the same
+picture as the embedding sees it, 0: unrelated). Neighbours below use the same measure.</p>
 <h2>Do visualizations cluster by layer?</h2>
 <p>Leave-one-out {{ k }}-NN accuracy of predicting a unit's layer (and its depth bin) from its
 map position, neighbours taken within its stage, against always guessing the most frequent

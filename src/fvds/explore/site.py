@@ -28,6 +28,7 @@ import numpy as np
 from fvds.builder.compare import (
     KNN_K,
     RowKeys,
+    centered,
     layer_clustering,
     layer_summaries,
     unit_cosines,
@@ -92,10 +93,12 @@ def build_site(spec: str, out: Path, *, neighbours: int = NEIGHBOURS, quiet: boo
         progress.update(task, total=len(units), completed=len(units))
     stages = [s for s in source.stages if s in set(units.stage)]
     keys = RowKeys(units.stage, units.layer, units.layer_index, units.unit)
-    cos = unit_cosines(units.embeddings, keys, stages)
+    # the measure the build stores: cosines of embeddings centred on the mean of all rows
+    emb = centered(units.embeddings)
+    cos = unit_cosines(emb, keys, stages)
     summaries = layer_summaries(cos)
     clustering = layer_clustering(units.xy, keys, stages)
-    nn = nearest(units.embeddings, units.stage, neighbours)
+    nn = nearest(emb, units.stage, neighbours)
     layers = _layers(units, stages, cos, summaries)
     site = {"title": source.title, "source": source.label, "version": __version__,
             "rows": len(units), "stages": stages, "layers": layers}

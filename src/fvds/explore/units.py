@@ -26,8 +26,10 @@ def needs_thumb(side: int) -> bool:
 
 
 def slug(name: str) -> str:
-    """A file-name-safe form of a layer or stage name (module paths already are)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    """A file-name-safe form of a layer or stage name (module paths already are). A leading dot
+    is escaped too: a name ".." read from someone's Hub repo must not climb out of the site."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return "_" + safe if safe.startswith(".") or not safe else safe
 
 
 @dataclass

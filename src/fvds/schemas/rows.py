@@ -88,7 +88,8 @@ COMPARISON_COLUMNS: tuple[Column, ...] = (
     Column("unit", "int32", "output channel of the layer"),
     Column("stage_a", "string", "the earlier stage of the pair (config order)"),
     Column("stage_b", "string", "the later stage of the pair"),
-    Column("cosine", "float32", "cosine similarity of the unit's `embedding` in the two stages"),
+    Column("cosine", "float32", "cosine similarity of the unit's `embedding` in the two stages, "
+           "after subtracting the mean embedding of all rows"),
 )
 
 

@@ -6,11 +6,12 @@ from fvds.builder.render.optimize import (
     JobResult,
     activation_of,
     derive_seed,
+    numerics,
     prepare_model,
     render_units,
     resolve_device,
     truncated,
 )
 
-__all__ = ["JobResult", "activation_of", "derive_seed", "prepare_model", "render_units",
-           "resolve_device", "truncated"]
+__all__ = ["JobResult", "activation_of", "derive_seed", "numerics", "prepare_model",
+           "render_units", "resolve_device", "truncated"]

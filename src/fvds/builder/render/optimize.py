@@ -98,6 +98,12 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+def numerics(cfg, device: torch.device) -> str:
+    """The kind of device and precision a job renders with, e.g. ``cuda bf16``: images made
+    under different numerics differ slightly, so one dataset uses one."""
+    return f"{device.type} {'bf16' if _autocast_dtype(cfg, device) else 'fp32'}"
+
+
 def _autocast_dtype(cfg, device: torch.device) -> torch.dtype | None:
     if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
         return None
