@@ -332,21 +332,8 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-@contextmanager
 def _progress(quiet: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from fvds.commands._common import progress_bars
 
-    from fvds.commands._common import console
-
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("units"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, disable=quiet, transient=False) as progress:
-        yield progress
+    return progress_bars(quiet, label_width=28, unit="units")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -42,3 +43,22 @@ def handle_errors(fn: F) -> F:
 def out(text: str) -> None:
     """Results go to stdout (pipe-able); progress and messages to stderr."""
     sys.stdout.write(text + "\n")
+
+
+@contextmanager
+def progress_bars(quiet: bool, *, label_width: int, unit: str = "") -> Iterator[Any]:
+    """The long phases' rich progress bars on the console (stderr); ``quiet`` hides them."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn(f"{{task.description:<{label_width}}}"), BarColumn(),
+                  MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, disable=quiet,
+                  transient=False) as progress:
+        yield progress

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,13 +190,8 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-@contextmanager
 def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from fvds.commands._common import progress_bars
 
-    from fvds.commands._common import console
-
-    with Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, disable=quiet, transient=False) as progress:
-        yield progress
+    return progress_bars(quiet, label_width=10)
 
